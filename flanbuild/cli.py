@@ -58,19 +58,29 @@ def cmd_tasks(args) -> int:
     return 0
 
 
-def catalog_markdown(tasks, data_dirs: list[Path]) -> str:
-    """The catalog table of README.md: task, cluster, hub id, templates, and which splits a mirror has."""
+def catalog_markdown(tasks, data_dirs: list[Path] | None = None) -> str:
+    """The catalog table of README.md: task, cluster, hub id, splits, templates.
+
+    The README copy is made without data dirs so that it does not change when a mirror gains data;
+    with data dirs, a last column says which splits they hold.
+    """
     from .sources import find_in_mirror
 
-    lines = ["| task | cluster | hub id / config | templates (inverted) | offline mirror |", "|---|---|---|---|---|"]
+    head = "| task | cluster | hub id / config | splits | templates (inverted) |"
+    lines = [head + (" offline mirror |" if data_dirs else ""), "|---" * (5 + bool(data_dirs)) + "|"]
     for t in tasks:
         src = t.source
-        have = [role for role, split in src.splits.items()
-                if src.hub and any(find_in_mirror(d, src.hub, src.config, split) for d in data_dirs)]
-        offline = ", ".join(have) if have else ("manual download" if src.manual else "no")
+        splits = ", ".join(f"{role}: `{split}`" for role, split in src.splits.items())
+        if src.manual:
+            splits += " (manual download)"
         cluster = t.cluster + (f" / {t.subcluster}" if t.subcluster else "")
-        lines.append(f"| {t.name} | {cluster} | `{src.hub}` / `{src.config}` | {len(t.templates)} "
-                     f"({sum(tp.inverted for tp in t.templates)}) | {offline} |")
+        line = (f"| {t.name} | {cluster} | `{src.hub}` / `{src.config}` | {splits} | {len(t.templates)} "
+                f"({sum(tp.inverted for tp in t.templates)}) |")
+        if data_dirs:
+            have = [role for role, split in src.splits.items()
+                    if src.hub and any(find_in_mirror(d, src.hub, src.config, split) for d in data_dirs)]
+            line += f" {', '.join(have) or 'no'} |"
+        lines.append(line)
     return "\n".join(lines)
 
 

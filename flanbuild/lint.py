@@ -19,6 +19,7 @@ from .errors import FlanbuildError
 from .examples import ExampleMapper
 from .registry import Registry
 from .render import render_template
+from .templates import variables
 from .sources import DataNotFound, SplitData, load_split
 from .tasks import SPLIT_ROLES, Task
 
@@ -95,8 +96,11 @@ def lint_task(task: Task, data_dirs: list[Path] | None = None) -> tuple[list[Pro
         if not examples:
             problems.append(Problem(task.name, task.origin, f"no usable rows in {label}"))
             continue
-        distinct_rows = len({repr(sorted(e.context.items(), key=str)) for e in examples})
         for template in task.templates:
+            # Judge "ignores its input" only on rows that differ in the fields this template reads: an
+            # inverted template that reads only the answer rightly repeats itself on a one-label sample.
+            read = sorted(variables(template.input) & set(examples[0].context))
+            distinct_rows = len({repr([e.context.get(k) for k in read]) for e in examples}) if read else len(examples)
             for show in ((True, False) if template.shows_options else (False,)):
                 inputs = set()
                 for example in examples:

@@ -201,7 +201,7 @@ def test_default_mixture_on_mirror(mirror, tmp_path):
     for name, info in m["tasks"].items():
         split = "train" if info["role"] == "train" else "eval"
         assert ds[split]["task_name"].count(name) == info["rows"]
-    assert m["skipped"] and all(reason for reason in m["skipped"].values())
+    assert all(reason for reason in m["skipped"].values())  # none empty, however much the mirror holds
     again = tmp_path / "again"
     assert run_cli("build", "--out", str(again), "--data-dir", str(mirror), "-q", cwd=REPO).returncode == 0
     assert json.loads((again / "mixture.json").read_text())["fingerprint"] == m["fingerprint"]
