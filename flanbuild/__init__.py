@@ -17,22 +17,23 @@ __all__ = [
 ]
 
 _WHERE = {
-    "BuildConfig": "build", "BuildResult": "build", "build": "build", "load_registry": "build",
-    "Cluster": "tasks", "Source": "tasks", "Task": "tasks", "Template": "templates",
-    "FlanbuildError": "errors", "MixConfig": "mixer", "Registry": "registry", "default_registry": "registry",
+    "BuildConfig": "builder", "BuildResult": "builder", "build": "builder", "load_registry": "builder",
+    "Cluster": "catalog.tasks", "Source": "catalog.tasks", "Task": "catalog.tasks", "Template": "catalog.templates",
+    "FlanbuildError": "errors", "MixConfig": "pipeline.mixer", "Registry": "catalog.registry",
+    "default_registry": "catalog.registry",
 }
 
 
 def register_task(task, templates=None):
     """Add a task to the default registry (the one ``build`` uses when given no registry)."""
-    from .registry import default_registry
+    from flanbuild.catalog.registry import default_registry
 
     return default_registry().register_task(task, templates)
 
 
 def register_cluster(cluster, **kwargs):
     """Add a cluster to the default registry."""
-    from .registry import default_registry
+    from flanbuild.catalog.registry import default_registry
 
     return default_registry().register_cluster(cluster, **kwargs)
 
@@ -43,10 +44,14 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'flanbuild' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
 if TYPE_CHECKING:  # pragma: no cover
-    from .build import BuildConfig, BuildResult, build, load_registry
-    from .errors import FlanbuildError
-    from .mixer import MixConfig
-    from .registry import Registry, default_registry
-    from .tasks import Cluster, Source, Task
-    from .templates import Template
+    from flanbuild.builder import BuildConfig, BuildResult, build, load_registry
+    from flanbuild.errors import FlanbuildError
+    from flanbuild.pipeline.mixer import MixConfig
+    from flanbuild.catalog.registry import Registry, default_registry
+    from flanbuild.catalog.tasks import Cluster, Source, Task
+    from flanbuild.catalog.templates import Template

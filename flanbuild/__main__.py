@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from flanbuild.cli.main import main
 
 sys.exit(main())

@@ -16,16 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
-from . import decontam, engine, mixer, writer
-from .card import write_card
-from .errors import FlanbuildError
-from .examples import ExampleMapper, valid_indices
-from .mixtures import Recipe, Submixture
-from .progress import Progress
-from .registry import Registry, default_registry
-from .render import RenderJob, RenderStats
-from .sources import DataNotFound, SplitData, load_split
-from .tasks import Task
+from flanbuild.pipeline import decontam
+from flanbuild.pipeline import engine
+from flanbuild.pipeline import mixer
+from flanbuild.pipeline import writer
+from flanbuild.output.card import write_card
+from flanbuild.errors import FlanbuildError
+from flanbuild.pipeline.examples import ExampleMapper, valid_indices
+from flanbuild.catalog.recipes import Recipe, Submixture
+from flanbuild.pipeline.progress import Progress
+from flanbuild.catalog.registry import Registry, default_registry
+from flanbuild.pipeline.render import RenderJob, RenderStats
+from flanbuild.sources.loader import DataNotFound, SplitData, load_split
+from flanbuild.catalog.tasks import Task
 
 EXEMPLAR_POOL = 10_000  # few-shot exemplars come from at most this many rows of a task (bounded memory)
 
@@ -90,7 +93,8 @@ def _versions() -> dict[str, str]:
 
 def _add_providers(registry: Registry, config: BuildConfig) -> dict[str, str]:
     """Add NIv2 and promptsource tasks when their directories are given; returns unmatched files."""
-    from . import niv2, promptsource
+    from flanbuild.sources import niv2
+    from flanbuild.sources import promptsource
 
     unmatched: dict[str, str] = {}
     if config.niv2_dir is not None:

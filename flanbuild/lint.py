@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import schema
-from .errors import FlanbuildError
-from .examples import ExampleMapper
-from .registry import Registry
-from .render import render_template
-from .templates import variables
-from .sources import DataNotFound, SplitData, load_split
-from .tasks import SPLIT_ROLES, Task
+from flanbuild.catalog import schema
+from flanbuild.errors import FlanbuildError
+from flanbuild.pipeline.examples import ExampleMapper
+from flanbuild.catalog.registry import Registry
+from flanbuild.pipeline.render import render_template
+from flanbuild.sandbox.environment import variables
+from flanbuild.sources.loader import DataNotFound, SplitData, load_split
+from flanbuild.catalog.tasks import SPLIT_ROLES, Task
 
 SYNTHETIC_ROWS = 4
 REAL_ROWS = 8

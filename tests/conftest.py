@@ -128,7 +128,7 @@ def toy_catalog(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def toy_registry(toy_catalog):
-    from flanbuild.registry import Registry
+    from flanbuild.catalog.registry import Registry
 
     registry = Registry()
     registry.load_catalog(toy_catalog)

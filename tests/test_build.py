@@ -9,9 +9,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from flanbuild.build import BuildConfig, build
+from flanbuild.builder import BuildConfig, build
 from flanbuild.errors import FlanbuildError
-from flanbuild.mixer import MixConfig
+from flanbuild.pipeline.mixer import MixConfig
 from conftest import REPO, write
 
 
@@ -176,7 +176,7 @@ def test_cli_tasks_render_lint(toy_catalog):
 
 
 def test_cli_help_is_fast_and_lazy():
-    code = "import sys, flanbuild.cli; flanbuild.cli.make_parser(); print(sorted(m for m in ('datasets','transformers','torch','pyarrow','jinja2') if m in sys.modules))"
+    code = "import sys, flanbuild.cli.main; flanbuild.cli.main.make_parser(); print(sorted(m for m in ('datasets','transformers','torch','pyarrow','jinja2') if m in sys.modules))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip() == "[]"
 

@@ -15,11 +15,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from flanbuild.build import BuildConfig, build
-from flanbuild.card import _yaml_header, code, md, render_card, write_card
-from flanbuild.mixer import MixConfig
-from flanbuild.registry import Registry
-from flanbuild.stats import LengthDist, scan
+from flanbuild.builder import BuildConfig, build
+from flanbuild.output.card import _yaml_header, code, md, render_card, write_card
+from flanbuild.pipeline.mixer import MixConfig
+from flanbuild.catalog.registry import Registry
+from flanbuild.output.stats import LengthDist, scan
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -276,7 +276,7 @@ def test_bad_tokenizer_is_one_line_error(toy_registry, tmp_path):
 
 def test_write_card_imports_no_torch(toy_registry, tmp_path):
     out, manifest = toy_out(toy_registry, tmp_path / "out")
-    code_ = ("import sys, json; from pathlib import Path; from flanbuild.card import write_card; "
+    code_ = ("import sys, json; from pathlib import Path; from flanbuild.output.card import write_card; "
              f"out = Path({str(out)!r}); write_card(out, json.loads((out / 'mixture.json').read_text()), plots=False);"
              "print(sorted(m for m in ('torch', 'matplotlib', 'transformers', 'datasets') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code_], capture_output=True, text=True)
@@ -288,7 +288,7 @@ def test_pictures_look_like_the_data(toy_registry, tmp_path):
     """The composition chart grows with the number of tasks; both pictures are real PNGs."""
     from PIL import Image
 
-    from flanbuild.plots import composition_png
+    from flanbuild.output.plots import composition_png
 
     out, manifest = toy_out(toy_registry, tmp_path / "out")
     small = composition_png(tmp_path / "small.png", manifest)

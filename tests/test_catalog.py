@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from flanbuild.build import load_registry
-from flanbuild.cli import catalog_markdown
+from flanbuild.builder import load_registry
+from flanbuild.cli.main import catalog_markdown
 from flanbuild.lint import lint
 from conftest import MIRROR, REPO
 
@@ -78,8 +78,8 @@ def test_whole_catalog_lints_clean(registry):
 
 
 def test_declared_features_match_every_mirror_split(registry, mirror):
-    from flanbuild import schema
-    from flanbuild.sources import find_in_mirror, features_of
+    from flanbuild.catalog import schema
+    from flanbuild.sources.loader import find_in_mirror, features_of
     import pyarrow.parquet as pq
 
     checked = 0
@@ -95,7 +95,7 @@ def test_declared_features_match_every_mirror_split(registry, mirror):
 def test_lint_catches_a_template_that_ignores_its_input(registry):
     from dataclasses import replace
     from flanbuild.lint import lint_task
-    from flanbuild.templates import Template
+    from flanbuild.catalog.templates import Template
 
     task = registry.task("glue_sst2")
     broken = replace(task, templates=task.templates + (Template(99, "Is this positive? {{options_block}}", "{{answer}}"),

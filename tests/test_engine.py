@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from flanbuild import engine
-from flanbuild.build import BuildConfig, build
-from flanbuild.mixer import MixConfig
-from flanbuild.registry import Registry
-from flanbuild.render import RenderJob
+from flanbuild.pipeline import engine
+from flanbuild.builder import BuildConfig, build
+from flanbuild.pipeline.mixer import MixConfig
+from flanbuild.catalog.registry import Registry
+from flanbuild.pipeline.render import RenderJob
 from conftest import write
 
 
@@ -80,7 +80,7 @@ def test_rows_skips_to_the_first_index_in_files_and_tables(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from flanbuild.sources import SplitData
+    from flanbuild.sources.loader import SplitData
 
     table = pa.table({"x": list(range(10000))})
     pq.write_table(table.slice(0, 6000), tmp_path / "a.parquet", row_group_size=1000)

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 
 from flanbuild.errors import FlanbuildError
-from flanbuild.examples import ExampleMapper, valid_indices
-from flanbuild.render import RenderJob, render_rows
-from flanbuild.sources import load_split
-from flanbuild.tasks import Source, Task
-from flanbuild.templates import Template
+from flanbuild.pipeline.examples import ExampleMapper, valid_indices
+from flanbuild.pipeline.render import RenderJob, render_rows
+from flanbuild.sources.loader import load_split
+from flanbuild.catalog.tasks import Source, Task
+from flanbuild.catalog.templates import Template
 
 
 def cls_task(**kw):

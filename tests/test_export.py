@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flanbuild.build import BuildConfig, build
+from flanbuild.builder import BuildConfig, build
 from flanbuild.errors import FlanbuildError
-from flanbuild.export import FORMATS, convert, export
-from flanbuild.mixer import MixConfig
+from flanbuild.output.export import FORMATS, convert, export
+from flanbuild.pipeline.mixer import MixConfig
 
 
 @pytest.fixture
@@ -124,7 +124,7 @@ def test_export_is_atomic_and_refuses_foreign_folders(mixture, tmp_path, monkeyp
     export(mixture, "chat", dest)
     before = {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()}
 
-    import flanbuild.export as ex
+    import flanbuild.output.export as ex
 
     calls = {"n": 0}
     real = ex.convert

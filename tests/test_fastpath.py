@@ -10,15 +10,16 @@ import pytest
 from jinja2.runtime import Undefined
 
 from conftest import MIRROR
-from flanbuild import fastpath, layouts
-from flanbuild.examples import ExampleMapper
-from flanbuild.fastpath import FastPathMiss, compile_expression, compile_template, evaluator, renderer
+from flanbuild.sandbox import fastpath
+from flanbuild.pipeline import layouts
+from flanbuild.pipeline.examples import ExampleMapper
+from flanbuild.sandbox.fastpath import FastPathMiss, compile_expression, compile_template, evaluator, renderer
 from flanbuild.lint import _rows_of, _synthetic_rows
-from flanbuild.registry import default_registry
-from flanbuild.sources import DataNotFound, load_split
-from flanbuild.tasks import SPLIT_ROLES
-from flanbuild.layouts import FLAN
-from flanbuild.templates import environment
+from flanbuild.catalog.registry import default_registry
+from flanbuild.sources.loader import DataNotFound, load_split
+from flanbuild.catalog.tasks import SPLIT_ROLES
+from flanbuild.pipeline.layouts import FLAN
+from flanbuild.sandbox.environment import environment
 
 
 def jinja_expression(source: str):
@@ -454,7 +455,7 @@ def test_template_text_never_becomes_code():
 
 
 def test_fast_template_stands_in_for_a_jinja_template():
-    from flanbuild.templates import render_limited
+    from flanbuild.sandbox.environment import render_limited
 
     source = "Q: {{ s }}\n{{ missing }}"
     ft = fastpath.FastTemplate("Q: {{ s }}")

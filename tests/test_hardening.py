@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from flanbuild.cli import main
+from flanbuild.cli.main import main
 from flanbuild.errors import FlanbuildError
-from flanbuild.examples import Example
-from flanbuild.render import render_example
-from flanbuild.tasks import Source, Task
-from flanbuild.templates import Template
+from flanbuild.pipeline.examples import Example
+from flanbuild.pipeline.render import render_example
+from flanbuild.catalog.tasks import Source, Task
+from flanbuild.catalog.templates import Template
 from conftest import REPO, write, write_jsonl
 
 TASKS = "nli_a,nli_b,para_a,sent_a,sent_b,gen_a"
@@ -67,7 +67,7 @@ def test_ssti_payloads_are_refused_with_the_template_named(name):
 
 
 def test_deeply_nested_loops_refused_at_load(tmp_path):
-    from flanbuild.templates import load_templates_file
+    from flanbuild.catalog.templates import load_templates_file
 
     body = "{% for a in text %}{% for b in text %}{% for c in text %}x{% endfor %}{% endfor %}{% endfor %}"
     path = write(tmp_path / "t.yaml", f"task: t\ntemplates:\n  - id: 1\n    input: '{body}'\n    target: x\n")

@@ -13,10 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flanbuild.build import BuildConfig, build
-from flanbuild.ecosystem_cli import add_parsers, main
-from flanbuild.mixer import MixConfig
-from flanbuild.progress import Progress
+from flanbuild.builder import BuildConfig, build
+from flanbuild.cli.output_commands import add_parsers, main
+from flanbuild.pipeline.mixer import MixConfig
+from flanbuild.pipeline.progress import Progress
 
 
 def toy(registry, out: Path, seed: int = 0, **mix) -> Path:
@@ -127,7 +127,7 @@ def test_diff_identical_and_changed(toy_registry, toy_catalog, tmp_path, capsys)
     (toy_catalog / "data" / "gen_a_train.jsonl").unlink()
     tpl = toy_catalog / "templates" / "sent_a.yaml"
     tpl.write_text(tpl.read_text().replace("Label this:", "Please label this:"))
-    from flanbuild.registry import Registry
+    from flanbuild.catalog.registry import Registry
 
     registry = Registry()
     registry.load_catalog(toy_catalog)
@@ -235,7 +235,7 @@ def test_add_parsers_registers_commands_with_handlers():
 
 
 def test_ecosystem_cli_import_is_light():
-    code = ("import sys, argparse, flanbuild.ecosystem_cli as e; p = argparse.ArgumentParser(); "
+    code = ("import sys, argparse, flanbuild.cli.output_commands as e; p = argparse.ArgumentParser(); "
             "e.add_parsers(p.add_subparsers()); "
             "print(sorted(m for m in ('rich', 'matplotlib', 'datasets', 'trl', 'huggingface_hub', 'torch', 'pyarrow', "
             "'transformers') if m in sys.modules))")

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from flanbuild import mixer
+from flanbuild.pipeline import mixer
 from flanbuild.errors import FlanbuildError
-from flanbuild.tasks import Cluster
+from flanbuild.catalog.tasks import Cluster
 
 CLUSTERS = {c.name: c for c in [
     Cluster("nli", also_remove=("paraphrase",)), Cluster("paraphrase", also_remove=("nli",)),
@@ -87,7 +87,7 @@ def test_select_eval_cap():
 
 
 def test_submixture_weights_and_max_epochs():
-    from flanbuild.mixtures import Submixture
+    from flanbuild.catalog.recipes import Submixture
 
     subs = {"a": Submixture("a", weight=0.75, task_cap=100), "b": Submixture("b", weight=0.25, task_cap=10)}
     available = {"a1": 500, "a2": 50, "b1": 1000}

@@ -24,7 +24,7 @@ def test_wheel_contains_catalog_and_finds_it(tmp_path):
     assert "flanbuild/catalog/mixtures/flan2022.yaml" in names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    code = ("import flanbuild.registry as r, flanbuild.mixtures as m; d = r.builtin_catalog_dir(); print(d); "
+    code = ("import flanbuild.catalog.registry as r, flanbuild.catalog.recipes as m; d = r.builtin_catalog_dir(); print(d); "
             "print(len(r.default_registry().tasks)); print(m.load_recipe('flan2022').name)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from flanbuild.build import BuildConfig, build
-from flanbuild.card import write_card
-from flanbuild.ecosystem_cli import main
+from flanbuild.builder import BuildConfig, build
+from flanbuild.output.card import write_card
+from flanbuild.cli.output_commands import main
 from flanbuild.errors import FlanbuildError
-from flanbuild.mixer import MixConfig
-from flanbuild.push import files_to_push, push
+from flanbuild.pipeline.mixer import MixConfig
+from flanbuild.output.push import files_to_push, push
 
 
 class LocalHub:

@@ -9,12 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flanbuild import layouts
-from flanbuild.build import BuildConfig, build
+from flanbuild.pipeline import layouts
+from flanbuild.builder import BuildConfig, build
 from flanbuild.errors import FlanbuildError
-from flanbuild.mixer import MixConfig
-from flanbuild.mixtures import PromptStyle, Recipe, Submixture, load_recipe
-from flanbuild.registry import Registry
+from flanbuild.pipeline.mixer import MixConfig
+from flanbuild.catalog.recipes import PromptStyle, Recipe, Submixture, load_recipe
+from flanbuild.catalog.registry import Registry
 from conftest import write, write_jsonl
 
 STYLE = PromptStyle(few_shot=0.5, options=0.5, option_layouts=True, k=(1, 2, 3))
@@ -131,7 +131,7 @@ def test_length_budget_prunes_exemplars(mc_registry, tmp_path):
 def test_length_budget_with_a_real_tokenizer(tmp_path):
     tokenizers = pytest.importorskip("tokenizers")
     transformers = pytest.importorskip("transformers")
-    from flanbuild.render import _Lengths
+    from flanbuild.pipeline.render import _Lengths
 
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()

@@ -1,9 +1,9 @@
 import pytest
 
 from flanbuild.errors import FlanbuildError
-from flanbuild.registry import Registry, builtin_catalog_dir
-from flanbuild.tasks import Source, Task
-from flanbuild.templates import Template
+from flanbuild.catalog.registry import Registry, builtin_catalog_dir
+from flanbuild.catalog.tasks import Source, Task
+from flanbuild.catalog.templates import Template
 from conftest import write
 
 
@@ -93,8 +93,8 @@ def test_builtin_catalog_found_from_checkout():
 def test_in_memory_source_builds(tmp_path):
     import pyarrow as pa
 
-    from flanbuild.build import BuildConfig, build
-    from flanbuild.mixer import MixConfig
+    from flanbuild.builder import BuildConfig, build
+    from flanbuild.pipeline.mixer import MixConfig
 
     registry = Registry()
     registry.register_cluster("qa")

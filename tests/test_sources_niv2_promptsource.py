@@ -8,13 +8,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flanbuild.build import BuildConfig, build
+from flanbuild.builder import BuildConfig, build
 from flanbuild.errors import FlanbuildError
-from flanbuild.mixer import MixConfig
-from flanbuild.mixtures import PromptStyle, Recipe, Submixture
-from flanbuild.niv2 import load_niv2
-from flanbuild.promptsource import PromptsourceTemplate, load_templates_yaml
-from flanbuild.registry import Registry
+from flanbuild.pipeline.mixer import MixConfig
+from flanbuild.catalog.recipes import PromptStyle, Recipe, Submixture
+from flanbuild.sources.niv2 import load_niv2
+from flanbuild.sources.promptsource import PromptsourceTemplate, load_templates_yaml
+from flanbuild.catalog.registry import Registry
 from conftest import MIRROR, write, write_jsonl
 
 NIV2 = MIRROR.parent / "niv2"

@@ -1,11 +1,12 @@
 import pytest
 
 from flanbuild.errors import FlanbuildError
-from flanbuild.examples import Example
-from flanbuild.render import render_template
-from flanbuild.tasks import Source, Task
-from flanbuild.layouts import FLAN
-from flanbuild.templates import Template, load_templates_file, or_join
+from flanbuild.pipeline.examples import Example
+from flanbuild.pipeline.render import render_template
+from flanbuild.catalog.tasks import Source, Task
+from flanbuild.pipeline.layouts import FLAN
+from flanbuild.catalog.templates import Template, load_templates_file
+from flanbuild.sandbox.environment import or_join
 from conftest import write
 
 

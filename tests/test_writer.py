@@ -3,9 +3,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flanbuild import writer
+from flanbuild.pipeline import writer
 from flanbuild.errors import FlanbuildError
-from flanbuild.render import OUTPUT_SCHEMA
+from flanbuild.pipeline.render import OUTPUT_SCHEMA
 
 
 def make_part(tmp_path, task, n):

@@ -1,8 +1,8 @@
 import pytest
 
-from flanbuild import schema
+from flanbuild.catalog import schema
 from flanbuild.errors import FlanbuildError
-from flanbuild.yamlio import load_yaml
+from flanbuild.catalog.yamlio import load_yaml
 from conftest import write
 
 

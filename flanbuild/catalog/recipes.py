@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import FlanbuildError
-from .yamlio import load_yaml, where
+from flanbuild.errors import FlanbuildError
+from flanbuild.catalog.yamlio import load_yaml, where
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class Recipe:
 
 
 def builtin_mixtures_dir() -> Path:
-    from .registry import builtin_catalog_dir
+    from flanbuild.catalog.registry import builtin_catalog_dir
 
     return builtin_catalog_dir() / "mixtures"
 

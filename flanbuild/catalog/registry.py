@@ -12,16 +12,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
-from .errors import FlanbuildError
-from .tasks import NAME_RE, Cluster, Task, load_card, parse_clusters
-from .templates import Template, load_templates_file
-from .yamlio import load_yaml
+from flanbuild.errors import FlanbuildError
+from flanbuild.catalog.tasks import NAME_RE, Cluster, Task, load_card, parse_clusters
+from flanbuild.catalog.templates import Template, load_templates_file
+from flanbuild.catalog.yamlio import load_yaml
 
 
 def builtin_catalog_dir() -> Path:
     """The shipped catalog: ``flanbuild/catalog`` in a wheel, the repository root in a checkout."""
     here = Path(__file__).resolve().parent
-    for candidate in (here / "catalog", here.parent):
+    for candidate in (here, here.parent.parent):
         if (candidate / "tasks").is_dir() and (candidate / "templates").is_dir():
             return candidate
     raise FlanbuildError(f"flanbuild's built-in catalog (tasks/, templates/) is missing next to {here}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from .errors import FlanbuildError
+from flanbuild.errors import FlanbuildError
 
 # The compact form, as plain data: a dtype name (str), {"class_label": [names]}, [inner], or {col: feature}.
 Feature = Any

@@ -16,10 +16,11 @@ from typing import Any, Literal
 import jinja2
 import jinja2.parser
 
-from . import schema
-from .errors import FlanbuildError
-from .templates import CONTEXT_NAMES, Template, environment
-from .yamlio import LineDict, load_yaml, where
+from flanbuild.catalog import schema
+from flanbuild.errors import FlanbuildError
+from flanbuild.catalog.templates import CONTEXT_NAMES, Template
+from flanbuild.sandbox.environment import environment
+from flanbuild.catalog.yamlio import LineDict, load_yaml, where
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 SPLIT_ROLES = ("train", "eval")

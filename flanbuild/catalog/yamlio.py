@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .errors import FlanbuildError
+from flanbuild.errors import FlanbuildError
 
 
 class LineDict(dict):

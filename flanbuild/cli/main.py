@@ -10,20 +10,20 @@ import sys
 import traceback
 from pathlib import Path
 
-from .argtypes import csv as _csv, int_at_least, weight as _weight
-from .errors import FlanbuildError
+from flanbuild.cli.argtypes import csv as _csv, int_at_least, weight as _weight
+from flanbuild.errors import FlanbuildError
 
 _nonneg_int = int_at_least(0)
 
 
 def _data_dirs(args) -> list[Path]:
-    from .build import BuildConfig
+    from flanbuild.builder import BuildConfig
 
     return [Path(d) for d in args.data_dir] if args.data_dir else list(BuildConfig.data_dirs_from_env())
 
 
 def _registry(args):
-    from .build import load_registry
+    from flanbuild.builder import load_registry
 
     return load_registry(tuple(Path(c) for c in args.catalog))
 
@@ -64,7 +64,7 @@ def catalog_markdown(tasks, data_dirs: list[Path] | None = None) -> str:
     The README copy is made without data dirs so that it does not change when a mirror gains data;
     with data dirs, a last column says which splits they hold.
     """
-    from .sources import find_in_mirror
+    from flanbuild.sources.loader import find_in_mirror
 
     head = "| task | cluster | hub id / config | splits | templates (inverted) |"
     lines = [head + (" offline mirror |" if data_dirs else ""), "|---" * (5 + bool(data_dirs)) + "|"]
@@ -87,9 +87,9 @@ def catalog_markdown(tasks, data_dirs: list[Path] | None = None) -> str:
 def cmd_render(args) -> int:
     import numpy as np
 
-    from .examples import ExampleMapper, valid_indices
-    from .render import render_template, template_type
-    from .sources import DataNotFound, load_split
+    from flanbuild.pipeline.examples import ExampleMapper, valid_indices
+    from flanbuild.pipeline.render import render_template, template_type
+    from flanbuild.sources.loader import DataNotFound, load_split
 
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -119,7 +119,7 @@ def cmd_render(args) -> int:
 
 
 def cmd_lint(args) -> int:
-    from .lint import lint
+    from flanbuild.lint import lint
 
     registry = _registry(args)
     problems, n_tasks, renders = lint(registry, list(args.tasks) or None, _data_dirs(args))
@@ -133,9 +133,9 @@ def cmd_lint(args) -> int:
 def cmd_build(args) -> int:
     from dataclasses import replace
 
-    from .build import BuildConfig, build
-    from .mixer import MixConfig
-    from .mixtures import load_recipe
+    from flanbuild.builder import BuildConfig, build
+    from flanbuild.pipeline.mixer import MixConfig
+    from flanbuild.catalog.recipes import load_recipe
 
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -159,12 +159,12 @@ def cmd_build(args) -> int:
         clusters=args.clusters, workers=args.workers, engine=args.engine, scheduler=args.scheduler,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None, use_cache=not args.no_cache,
     )
-    from .progress import Progress
+    from flanbuild.pipeline.progress import Progress
 
     progress = Progress.from_args(args)
     result = build(config, progress=progress)
     if args.format != "flan" or args.jsonl:
-        from .export import default_dest, export
+        from flanbuild.output.export import default_dest, export
 
         export(result.out, args.format, default_dest(result.out, args.format, args.jsonl), jsonl=args.jsonl, log=progress)
     print(result.out)
@@ -172,7 +172,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .writer import verify
+    from flanbuild.pipeline.writer import verify
 
     problems = verify(Path(args.out))
     for p in problems:
@@ -271,11 +271,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.set_defaults(func=cmd_verify)
 
-    from .ecosystem_cli import add_parsers as add_ecosystem_parsers
+    from flanbuild.cli.output_commands import add_parsers as add_ecosystem_parsers
 
     add_ecosystem_parsers(sub)
     try:
-        from .finetune.cli import add_parsers
+        from flanbuild.finetune.cli import add_parsers
     except ImportError:
         pass
     else:

@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .argtypes import int_at_least
-from .errors import FlanbuildError
+from flanbuild.cli.argtypes import int_at_least
+from flanbuild.errors import FlanbuildError
 
 FORMATS = ("flan", "chat", "prompt-completion", "alpaca")  # = export.FORMATS (kept here: no import cost)
 
@@ -36,7 +36,7 @@ _nonneg = int_at_least(0)
 # -- handlers -------------------------------------------------------------------------------------
 
 def stats_handler(args) -> int:
-    from .show import stats_command
+    from flanbuild.output.show import stats_command
 
     return stats_command(Path(args.out), as_json=args.json, plot=args.plot or bool(args.plot_dir),
                          plot_dir=Path(args.plot_dir) if args.plot_dir else None,
@@ -44,20 +44,20 @@ def stats_handler(args) -> int:
 
 
 def show_handler(args) -> int:
-    from .show import show_command
+    from flanbuild.output.show import show_command
 
     return show_command(Path(args.out), split=args.split, task=args.task, cluster=args.cluster,
                         template=args.template, n=args.n, offset=args.offset, as_json=args.json)
 
 
 def diff_handler(args) -> int:
-    from .diff import diff_command
+    from flanbuild.output.diff import diff_command
 
     return diff_command(Path(args.a), Path(args.b), data=args.data, as_json=args.json)
 
 
 def export_handler(args) -> int:
-    from .export import export
+    from flanbuild.output.export import export
 
     result = export(Path(args.out), args.format, Path(args.dest) if args.dest else None, jsonl=args.jsonl,
                     separator=args.separator, log=_log(args))
@@ -66,7 +66,7 @@ def export_handler(args) -> int:
 
 
 def push_handler(args) -> int:
-    from .push import push
+    from flanbuild.output.push import push
 
     result = push(Path(args.out), args.repo_id, private=args.private, token=args.token, endpoint=args.endpoint,
                   revision=args.revision, commit_message=args.message, include_exports=args.include_exports,
@@ -77,9 +77,9 @@ def push_handler(args) -> int:
 
 
 def card_handler(args) -> int:
-    from .build import load_registry
-    from .card import write_card
-    from .stats import load_manifest
+    from flanbuild.builder import load_registry
+    from flanbuild.output.card import write_card
+    from flanbuild.output.stats import load_manifest
 
     out = Path(args.out)
     manifest = load_manifest(out)

@@ -120,7 +120,7 @@ def _dtype(typ) -> str:
 
 def _features_yaml() -> str:
     """The output schema (render.OUTPUT_SCHEMA) as Hugging Face YAML features."""
-    from .render import OUTPUT_SCHEMA
+    from flanbuild.pipeline.render import OUTPUT_SCHEMA
 
     return features_yaml(OUTPUT_SCHEMA)
 
@@ -204,7 +204,7 @@ def render_card(manifest: dict, tasks: dict | None = None, stats=None, images: d
     """The card's Markdown from a build's ``mixture.json`` content.
 
     ``tasks`` (name -> Task, e.g. ``registry.tasks``) adds descriptions, licenses, homepages and inverted
-    template counts; ``stats`` (a :class:`flanbuild.stats.MixtureStats`) adds template types, length
+    template counts; ``stats`` (a :class:`flanbuild.output.stats.MixtureStats`) adds template types, length
     statistics and examples; ``images`` ({"composition": file, "lengths": file}) embeds the pictures.
     Without them the card has the parts that ``mixture.json`` alone can tell.
     """
@@ -389,7 +389,7 @@ def _lengths(stats, images, clusters) -> list[str]:
 
 
 def _tok_name(name: str | None) -> str:
-    from .plots import tokenizer_label
+    from flanbuild.output.plots import tokenizer_label
 
     return tokenizer_label(name)
 
@@ -467,7 +467,7 @@ def _short_reason(reason: str, limit: int = 220) -> str:
 
 
 def _columns_and_loading(manifest) -> list[str]:
-    from .render import OUTPUT_SCHEMA
+    from flanbuild.pipeline.render import OUTPUT_SCHEMA
 
     rows = [[code(f.name), code(_type_name(f.type)), COLUMNS.get(f.name, "")] for f in OUTPUT_SCHEMA]
     first = next((f["path"] for f in manifest["files"] if f["path"].startswith("data/train-")),
@@ -542,7 +542,7 @@ def write_card(out_dir: Path, manifest: dict, tasks: dict | None = None, tokeniz
     """
     import time
 
-    from .stats import scan
+    from flanbuild.output.stats import scan
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -554,7 +554,7 @@ def write_card(out_dir: Path, manifest: dict, tasks: dict | None = None, tokeniz
         except ImportError:
             plots = False
     if plots:
-        from .plots import write_plots
+        from flanbuild.output.plots import write_plots
 
         images = write_plots(out_dir, manifest, stats)
     text = render_card(manifest, tasks=tasks, stats=stats, images=images)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import FlanbuildError
+from flanbuild.errors import FlanbuildError
 
 FORMATS = ("flan", "chat", "prompt-completion", "alpaca")
 DEFAULT_SEPARATOR = "\n"
@@ -63,7 +63,7 @@ def output_schema(fmt: str):
     """The Arrow schema of an export format."""
     import pyarrow as pa
 
-    from .render import OUTPUT_SCHEMA
+    from flanbuild.pipeline.render import OUTPUT_SCHEMA
 
     meta = [f for f in OUTPUT_SCHEMA if f.name not in _TEXT]
     if fmt == "flan":
@@ -134,9 +134,9 @@ def export(src: Path, fmt: str = "flan", dest: Path | None = None, jsonl: bool =
     """Export the mixture in ``src`` as ``fmt`` into ``dest`` (default ``src/exports/fmt``), atomically."""
     import pyarrow.parquet as pq
 
-    from . import writer
-    from .card import dataset_yaml, features_yaml
-    from .stats import SPLITS, load_manifest, split_files
+    from flanbuild.pipeline import writer
+    from flanbuild.output.card import dataset_yaml, features_yaml
+    from flanbuild.output.stats import SPLITS, load_manifest, split_files
 
     started = time.perf_counter()
     log = log or (lambda msg: None)
@@ -223,7 +223,7 @@ def llamafactory_info(fmt: str, name: str, ext: str) -> dict:
 
 
 def _export_body(fmt: str, name: str, manifest: dict, counts: dict, ext: str, separator: str) -> str:
-    from .card import _fenced, code
+    from flanbuild.output.card import _fenced, code
 
     columns = {
         "flan": "the mixture's own columns (`inputs`, `targets`, `task_name`, `cluster`, `template_id`, ...)",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .stats import MixtureStats
+from flanbuild.output.stats import MixtureStats
 
 COMPOSITION_PNG = "composition.png"
 LENGTHS_PNG = "lengths.png"

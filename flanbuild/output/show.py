@@ -12,8 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import FlanbuildError
-from .stats import SPLITS, MixtureStats, load_manifest, scan, split_files
+from flanbuild.errors import FlanbuildError
+from flanbuild.output.stats import SPLITS, MixtureStats, load_manifest, scan, split_files
 
 PLAIN_WIDTH = 140  # table width when stdout is not a terminal (pipes, logs, docs)
 
@@ -126,7 +126,7 @@ def stats_command(out: Path, *, as_json: bool = False, plot: bool = False, plot_
     else:
         print_stats(data, console(file))
     if plot:
-        from .plots import write_plots
+        from flanbuild.output.plots import write_plots
 
         target = Path(plot_dir) if plot_dir else out
         target.mkdir(parents=True, exist_ok=True)

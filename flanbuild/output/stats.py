@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import seeding
-from .errors import FlanbuildError
+from flanbuild.pipeline import seeding
+from flanbuild.errors import FlanbuildError
 
 SPLITS = ("train", "eval")
 SCAN_BATCH_ROWS = 16_384

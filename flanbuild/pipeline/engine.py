@@ -23,9 +23,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .errors import FlanbuildError
-from .render import RenderJob, RenderStats, write_part
-from .sources import SplitData
+from flanbuild.errors import FlanbuildError
+from flanbuild.pipeline.render import RenderJob, RenderStats, write_part
+from flanbuild.sources.loader import SplitData
 
 SHARD_ROWS = 50_000
 SERIAL_BELOW = 20_000  # fewer selected rows than this: a process pool costs more than it saves
@@ -172,7 +172,7 @@ def run(shards: list[Shard], *, engine: str = "local", workers: int = 1, schedul
         # forkserver: workers start from a clean process (no inherited Arrow/Jinja threads), and
         # rendering modules are imported once in the server, not per worker.
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["flanbuild.engine"])
+        ctx.set_forkserver_preload(["flanbuild.pipeline.engine"])
         with ProcessPoolExecutor(max_workers=min(workers, len(shards)), mp_context=ctx) as pool:
             results = []
             for result in pool.map(run_shard, _largest_first(shards)):

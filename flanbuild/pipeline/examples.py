@@ -15,9 +15,10 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from . import fastpath, schema
-from .errors import FlanbuildError
-from .tasks import Task
+from flanbuild.sandbox import fastpath
+from flanbuild.catalog import schema
+from flanbuild.errors import FlanbuildError
+from flanbuild.catalog.tasks import Task
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ from typing import Mapping
 
 import numpy as np
 
-from . import seeding
-from .errors import FlanbuildError
-from .mixtures import Submixture
-from .tasks import Cluster
+from flanbuild.pipeline import seeding
+from flanbuild.errors import FlanbuildError
+from flanbuild.catalog.recipes import Submixture
+from flanbuild.catalog.tasks import Cluster
 
 
 @dataclass(frozen=True)

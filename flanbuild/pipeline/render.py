@@ -18,14 +18,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import layouts, seeding
-from .errors import FlanbuildError
-from .examples import Example, ExampleMapper
-from .layouts import Layout
-from .mixtures import PromptStyle
-from .sources import SplitData
-from .tasks import Task
-from .templates import Template, render_limited
+from flanbuild.pipeline import layouts
+from flanbuild.pipeline import seeding
+from flanbuild.errors import FlanbuildError
+from flanbuild.pipeline.examples import Example, ExampleMapper
+from flanbuild.pipeline.layouts import Layout
+from flanbuild.catalog.recipes import PromptStyle
+from flanbuild.sources.loader import SplitData
+from flanbuild.catalog.tasks import Task
+from flanbuild.catalog.templates import Template
+from flanbuild.sandbox.environment import render_limited
 
 #: The columns of every output split (the Flan Collection's names first, then flanbuild's own).
 OUTPUT_SCHEMA = pa.schema([
@@ -139,7 +141,7 @@ class _Lengths:
     def __init__(self, tokenizer: str | None):
         self._tok = None
         if tokenizer:
-            from .tokenizers_cache import load_tokenizer
+            from flanbuild.sources.tokenizers import load_tokenizer
 
             self._tok = load_tokenizer(tokenizer)
 

@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import seeding
-from .errors import FlanbuildError
-from .render import OUTPUT_SCHEMA
+from flanbuild.pipeline import seeding
+from flanbuild.errors import FlanbuildError
+from flanbuild.pipeline.render import OUTPUT_SCHEMA
 
 WRITE_BATCH_ROWS = 8192
 SPLITS = ("train", "eval")

@@ -6,7 +6,7 @@ resolution, generator plumbing). Most catalog templates are literal text with ``
 placeholders, and most card expressions are a lookup and a filter or two, so this module compiles
 those to plain Python closures that give EXACTLY what the sandboxed Jinja environment gives:
 
-* the template is parsed by the same environment (``templates.environment().parse``), so literal
+* the template is parsed by the same environment (``environment().parse``), so literal
   text comes from the lexer's ``TemplateData`` (trim_blocks, lstrip_blocks, the dropped trailing
   newline are already applied);
 * every operation is the one Jinja's code generator emits for that node: ``str(value)`` for each
@@ -85,7 +85,7 @@ _RESERVED_NAMES = frozenset({"self"})  # Jinja binds {{ self }} to a TemplateRef
 
 
 def _env() -> jinja2.Environment:
-    from .templates import environment  # late: templates.py may import this module
+    from flanbuild.sandbox.environment import environment
 
     return environment()
 
@@ -203,7 +203,7 @@ class _Codegen:
     def _filter_allowed(self, name: str) -> bool:
         func = self.env.filters.get(name)
         if name == "or_join":
-            from .templates import or_join
+            from flanbuild.sandbox.environment import or_join
 
             return func is or_join
         return name in SAFE_FILTERS and func is not None and func is _BUILTIN_FILTERS.get(name)
@@ -307,7 +307,7 @@ class _Codegen:
     # -- building the function -------------------------------------------------------------------
     def function(self, body: str) -> Callable[[Mapping[str, Any]], Any]:
         src = f"def _fast(ctx):\n    return {body}\n"
-        code = compile(src, "<flanbuild.fastpath>", "exec")
+        code = compile(src, "<flanbuild.sandbox.fastpath>", "exec")
         exec(code, self.ns)  # noqa: S102 - the source holds only names generated above
         fn = self.ns["_fast"]
         fn.source = src  # for debugging
@@ -420,7 +420,7 @@ def evaluator(source: str, *, extended: bool = False) -> Callable[[Mapping[str, 
 class FastTemplate:
     """What flanbuild uses of a ``jinja2.Template`` (``render``, ``generate``), fast where possible.
 
-    ``generate`` yields the whole text at once, so ``templates.render_limited`` works unchanged (its
+    ``generate`` yields the whole text at once, so ``environment.render_limited`` works unchanged (its
     size check sees the same total and raises the same error). ``jinja`` is the Jinja template.
     """
 

@@ -27,9 +27,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import schema
-from .errors import FlanbuildError
-from .tasks import Task
+from flanbuild.catalog import schema
+from flanbuild.errors import FlanbuildError
+from flanbuild.catalog.tasks import Task
 
 BATCH_ROWS = 2048
 

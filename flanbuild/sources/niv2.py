@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .errors import FlanbuildError
-from .tasks import Source, Task
-from .templates import Template
+from flanbuild.errors import FlanbuildError
+from flanbuild.catalog.tasks import Source, Task
+from flanbuild.catalog.templates import Template
 
 CATEGORY_CLUSTERS = {
     "Textual Entailment": "nli",

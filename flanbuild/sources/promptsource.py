@@ -25,8 +25,8 @@ import jinja2
 import yaml
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import FlanbuildError
-from .tasks import Task
+from flanbuild.errors import FlanbuildError
+from flanbuild.catalog.tasks import Task
 
 TEXT_VAR_LENGTH = 2048
 PIPE_PROTECTOR = "3ed2dface8203c4c9dfb1a5dc58e41e0"

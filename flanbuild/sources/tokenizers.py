@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 
-from .errors import FlanbuildError
+from flanbuild.errors import FlanbuildError
 
 
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(name_or_path: str):
     """A transformers tokenizer from the hub or a local directory; a clear error when it cannot load."""
-    from .sources import hub_reachable, quiet_libraries
+    from flanbuild.sources.loader import hub_reachable, quiet_libraries
 
     quiet_libraries()
     if not hub_reachable():
