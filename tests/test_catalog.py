@@ -25,7 +25,9 @@ FLAN_2021 = {
     "struct_to_text": {"common_gen": ["common_gen"], "dart": ["dart"], "e2e": ["e2e_nlg"], "web_nlg": ["web_nlg"]},
     "translation": {"wmt14_enfr": ["wmt14_enfr"], "wmt16_ende": ["wmt16_ende"], "wmt16_encs": ["wmt16_encs"],
                     "wmt16_enfi": ["wmt16_enfi"], "wmt16_enro": ["wmt16_enro"], "wmt16_enru": ["wmt16_enru"],
-                    "wmt16_entr": ["wmt16_entr"], "paracrawl_enes": ["paracrawl_enes"]},
+                    "wmt16_entr": ["wmt16_entr"],
+                    # the paper's one ParaCrawl entry covers its three pairs
+                    "paracrawl": ["paracrawl_enes", "paracrawl_ende", "paracrawl_enfr"]},
     "summarization": {"aeslc": ["aeslc"], "ag_news": ["ag_news"], "cnn_dailymail": ["cnn_dailymail"],
                       "gigaword": ["gigaword"], "multi_news": ["multi_news"], "newsroom": ["newsroom"],
                       "opinion_abstracts_idebate": ["opinion_abstracts_idebate"],
