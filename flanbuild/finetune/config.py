@@ -8,6 +8,20 @@ from dataclasses import dataclass
 #: mixture's own text (byte-level BPE, no download).
 PRESETS = ("tiny-t5", "tiny-llama", "tiny-gpt2")
 
+#: Pretrained presets (see :mod:`flanbuild.finetune.pretrained`): installed from PyPI, converted once
+#: into a cached model folder.
+PRETRAINED_PRESETS = ("smollm2-135m",)
+
+#: Parameter-efficient methods of ``finetune --peft``.
+PEFT_METHODS = ("lora", "prompt-tuning", "prefix-tuning", "p-tuning")
+
+#: Scoring conventions of ``evaluate --scoring`` (``auto`` picks one per model type).
+SCORING = ("auto", "lm-eval", "flan")
+
+#: ``--chat-template``: ``auto`` uses the tokenizer's chat template when it has one (a run trained by
+#: flanbuild uses what its training used); ``none`` never does.
+CHAT_TEMPLATE = ("auto", "none")
+
 #: Decoder-only models see ``inputs + PROMPT_SEPARATOR`` as the prompt and ``targets + EOS`` as the
 #: completion. The separator used at training time is saved in the run directory and reused by the
 #: evaluator.
@@ -51,6 +65,14 @@ class FinetuneConfig:
     vocab_size: int = 4096  # presets only: size of the BPE vocabulary trained on the mixture
     threads: int | None = None  # torch CPU threads (None: torch's default)
     quiet: bool = False
+    peft: str | None = None  # None (full fine-tuning) | lora | prompt-tuning | prefix-tuning | p-tuning
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] | None = None  # module names; None: peft's default for the architecture
+    num_virtual_tokens: int = 20  # prompt/prefix/p-tuning
+    chat_template: str = "auto"  # auto | none
+    max_rows: int | None = None  # train on at most N rows (the first N: any prefix of a mixture is mixed)
 
 
 @dataclass
@@ -74,3 +96,10 @@ class EvalConfig:
     all_templates: bool = False  # also generate for the inverted templates of classification tasks
     threads: int | None = None  # torch CPU threads (None: torch's default)
     quiet: bool = False
+    scoring: str = "auto"  # auto | lm-eval | flan (rank classification convention)
+    chat_template: str = "auto"  # auto | none
+    shots: int = 0  # in-context exemplars per prompt
+    shots_data: str | None = None  # mixture whose train split provides exemplars (default: data)
+    seed: int = 0  # exemplar draw
+    cot: str = "auto"  # auto (chain_of_thought cluster) | on | off: answer extraction + exact match
+    share_prefix: bool = True  # score all options of an example from one forward over the prompt

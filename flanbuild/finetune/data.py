@@ -76,53 +76,66 @@ def split_files(data: str | Path, split: str) -> list[Path]:
     return files
 
 
+def _schema_names(f: Path, wanted) -> set[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(f)
+    except Exception as exc:  # noqa: BLE001 - a corrupt/non-Parquet file is a user problem
+        raise FlanbuildError(f"cannot read Parquet file {f}: {str(exc).splitlines()[0]}") from None
+    for col in REQUIRED_COLUMNS:
+        if col in wanted and col not in schema.names:
+            raise FlanbuildError(f"{f}: missing column {col!r} (columns: {', '.join(schema.names)})")
+    return set(schema.names)
+
+
+def _clean_column(name: str, values: list) -> list:
+    if name in ("options", "references"):
+        return [list(v) if v is not None else [] for v in values]
+    if name == "template_id":
+        return [int(v) if v is not None else 0 for v in values]
+    return ["" if v is None else v for v in values]
+
+
+def _default_column(name: str, n: int, split: str, row0: int, targets: list | None) -> list:
+    """Values of a column the file does not have (``references``: the target alone)."""
+    if name in ("options",):
+        return [[] for _ in range(n)]
+    if name == "references":
+        return [[t] for t in (targets or [""] * n)]
+    if name == "example_id":
+        return [f"{split}/{row0 + i}" for i in range(n)]
+    if name == "template_id":
+        return [0] * n
+    return [""] * n
+
+
+def _read_shard(f: Path, wanted, split: str, row0: int) -> tuple[dict[str, list], int]:
+    import pyarrow.parquet as pq
+
+    present = [c for c in wanted if c in _schema_names(f, wanted)]
+    table = pq.read_table(f, columns=present)
+    cols = {c: _clean_column(c, table.column(c).to_pylist()) for c in present}
+    targets = cols.get("targets")
+    for c in wanted:
+        if c not in cols:
+            cols[c] = _default_column(c, table.num_rows, split, row0, targets)
+    return cols, table.num_rows
+
+
 def read_split(data: str | Path, split: str, columns: tuple[str, ...] | None = None) -> dict[str, list]:
     """Read one split into a dict of Python lists (column -> values).
 
     Missing optional columns are filled with defaults (``options``: [], ``references``: [targets],
     ``example_id``: row number, ``template_id``: 0, strings: "").
     """
-    import pyarrow.parquet as pq
-
     wanted = columns or (REQUIRED_COLUMNS + OPTIONAL_COLUMNS)
     out: dict[str, list] = {c: [] for c in wanted}
     row0 = 0
     for f in split_files(data, split):
-        try:
-            schema = pq.read_schema(f)
-        except Exception as exc:  # noqa: BLE001 - a corrupt/non-Parquet file is a user problem
-            raise FlanbuildError(f"cannot read Parquet file {f}: {str(exc).splitlines()[0]}") from None
-        names = set(schema.names)
-        for col in REQUIRED_COLUMNS:
-            if col in wanted and col not in names:
-                raise FlanbuildError(f"{f}: missing column {col!r} (columns: {', '.join(schema.names)})")
-        present = [c for c in wanted if c in names]
-        table = pq.read_table(f, columns=present)
-        n = table.num_rows
-        cols = {c: table.column(c).to_pylist() for c in present}
+        cols, n = _read_shard(f, wanted, split, row0)
         for c in wanted:
-            if c in cols:
-                vals = cols[c]
-                if c in ("options", "references"):
-                    vals = [list(v) if v is not None else [] for v in vals]
-                elif c == "template_id":
-                    vals = [int(v) if v is not None else 0 for v in vals]
-                else:
-                    vals = ["" if v is None else v for v in vals]
-                out[c].extend(vals)
-            elif c == "options":
-                out[c].extend([[] for _ in range(n)])
-            elif c == "references":
-                pass  # filled below from targets
-            elif c == "example_id":
-                out[c].extend(f"{split}/{row0 + i}" for i in range(n))
-            elif c == "template_id":
-                out[c].extend([0] * n)
-            else:
-                out[c].extend([""] * n)
-        if "references" in wanted and "references" not in cols:
-            tg = cols.get("targets") or [""] * n
-            out["references"].extend([[t] for t in tg])
+            out[c].extend(cols[c])
         row0 += n
     if "references" in out and "targets" in out:
         # an empty references list means "only the target"
@@ -144,29 +157,44 @@ def fingerprint(data: str | Path) -> str | None:
     return None
 
 
-def task_metrics(data: str | Path) -> dict[str, str]:
-    """Best-effort ``task -> metric`` map from mixture.json (empty when it does not say)."""
+def load_build_manifest(data: str | Path):
+    """The checked manifest (``flanbuild.output.manifest``) of a flanbuild output folder, or None for a
+    folder of other FLAN-style Parquet (no mixture.json, or one that is not a flanbuild manifest)."""
     root = Path(data).expanduser()
     path = root / "mixture.json"
     if not path.is_file():
-        return {}
+        return None
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FlanbuildError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or "flanbuild_manifest" not in doc:
+        return None
+    from flanbuild.output.manifest import load_manifest
+
+    return load_manifest(root)
+
+
+def _field(record, name: str, default=None):
+    return record.get(name, default) if isinstance(record, dict) else getattr(record, name, default)
+
+
+def task_info(data: str | Path) -> dict[str, dict]:
+    """``task -> {"metric", "role", "cluster", "inverted_templates"}`` from the mixture's manifest
+    (empty for Parquet without one; the evaluator then uses each kind's default metric)."""
+    manifest = load_build_manifest(data)
+    if manifest is None:
         return {}
-    tasks = meta.get("tasks") if isinstance(meta, dict) else None
-    found: dict[str, str] = {}
-    if isinstance(tasks, dict):
-        for name, info in tasks.items():
-            if isinstance(info, dict) and isinstance(info.get("metric"), str):
-                found[str(name)] = info["metric"]
-    elif isinstance(tasks, list):
-        for info in tasks:
-            if isinstance(info, dict) and isinstance(info.get("metric"), str):
-                name = info.get("name") or info.get("task") or info.get("task_name")
-                if isinstance(name, str):
-                    found[name] = info["metric"]
-    return found
+    return {
+        str(name): {"metric": _field(t, "metric") or None, "role": _field(t, "role"), "cluster": _field(t, "cluster"),
+                    "inverted_templates": [int(x) for x in _field(t, "inverted_templates", None) or []]}
+        for name, t in _field(manifest, "tasks", {}).items()
+    }
+
+
+def task_metrics(data: str | Path) -> dict[str, str]:
+    """``task -> card metric`` (the tasks whose manifest entry names one)."""
+    return {t: v["metric"] for t, v in task_info(data).items() if v.get("metric")}
 
 
 def _stable_key(example_id: str) -> str:

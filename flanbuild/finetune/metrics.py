@@ -26,9 +26,12 @@ CARD_METRIC = {
     "f1": "f1",
     "rouge": "rougeL",
     "rougeL": "rougeL",
-    "bleu": "rougeL",  # BLEU is not computed; ROUGE-L stands in (see docs/finetune.md)
+    "bleu": "bleu",  # corpus BLEU (sacrebleu) per template
+    "cot_exact_match": "cot_exact_match",
 }
 DEFAULT_PRIMARY = {"classification": "accuracy", "generation": "rougeL"}
+#: Metrics computed over a template's rows together (not a mean of per-row values).
+CORPUS_METRICS = ("bleu",)
 
 _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -100,73 +103,119 @@ def template_key(template_id: int, template_type: str) -> str:
     return f"{template_id}:{template_type}" if template_type else str(template_id)
 
 
-def aggregate(records: list[dict], task_metric: dict[str, str] | None = None) -> dict:
-    """Aggregate per-row scores as in the FLAN paper.
+def corpus_bleu(predictions: list[str], references: list[list[str]]) -> float:
+    """Corpus BLEU (sacrebleu defaults: 13a tokenisation, exponential smoothing off) as a fraction.
 
-    ``records``: one dict per evaluated row with keys ``task``, ``cluster``, ``template_id``,
-    ``template_type``, ``example_id``, ``kind`` ("classification" | "generation") and ``scores``
-    (metric -> value). ``task_metric``: optional task -> card metric name (accuracy, exact_match,
-    f1, rouge, bleu) choosing each task's primary metric; defaults: accuracy / rougeL.
-
-    A task is a classification task when any of its templates is; only templates of the task's
-    kind enter its mean/best (an inverted template that generates the premise of an NLI task is
-    reported per template but does not mix ROUGE into an accuracy). Returns
-    ``{"tasks": ..., "clusters": ..., "overall": ...}``.
+    Rows may have different numbers of references: shorter lists are padded with their own first
+    reference, which changes neither the clipped n-gram counts nor the closest reference length.
     """
-    task_metric = task_metric or {}
+    import sacrebleu
+
+    if not predictions:
+        return 0.0
+    refs = [list(r) or [""] for r in references]
+    width = max(len(r) for r in refs)
+    streams = [[r[j] if j < len(r) else r[0] for r in refs] for j in range(width)]
+    return float(sacrebleu.corpus_bleu(list(predictions), streams).score) / 100.0
+
+
+def _collect(records: list[dict]) -> dict[str, dict]:
     by_task: dict[str, dict] = {}
     for r in records:
         t = by_task.setdefault(r["task"], {"cluster": r["cluster"], "templates": {}, "examples": set(), "rows": 0})
         key = template_key(r["template_id"], r["template_type"])
         tpl = t["templates"].setdefault(
-            key, {"template_id": r["template_id"], "template_type": r["template_type"], "kind": r["kind"], "rows": []}
+            key, {"template_id": r["template_id"], "template_type": r["template_type"], "kind": r["kind"],
+                  "rows": [], "predictions": [], "references": []}
         )
         if tpl["kind"] != r["kind"]:
             tpl["kind"] = "mixed"
         tpl["rows"].append(r["scores"])
+        tpl["predictions"].append(r.get("prediction", ""))
+        tpl["references"].append(r.get("references") or [""])
         t["examples"].add(r["example_id"])
         t["rows"] += 1
+    return by_task
 
-    tasks: dict[str, dict] = {}
-    for name in sorted(by_task):
-        t = by_task[name]
-        templates: dict[str, dict] = {}
-        for key in sorted(t["templates"], key=lambda k: (t["templates"][k]["template_id"], k)):
-            tpl = t["templates"][key]
-            metrics = sorted({m for row in tpl["rows"] for m in row})
-            templates[key] = {
-                "template_id": tpl["template_id"],
-                "template_type": tpl["template_type"],
-                "kind": tpl["kind"],
-                "num_rows": len(tpl["rows"]),
-                "scores": {m: fmean(row[m] for row in tpl["rows"] if m in row) for m in metrics},
-            }
-        kinds = {v["kind"] for v in templates.values()}
-        kind = "classification" if "classification" in kinds else ("generation" if "generation" in kinds else "mixed")
-        primary = CARD_METRIC.get(task_metric.get(name, ""), DEFAULT_PRIMARY.get(kind, "accuracy"))
-        counted = [k for k, v in templates.items() if v["kind"] == kind]
-        if not any(primary in templates[k]["scores"] for k in counted):
-            primary = DEFAULT_PRIMARY.get(kind, "accuracy")
-        metric_names = sorted({m for k in counted for m in templates[k]["scores"]})
-        mean = {m: fmean(templates[k]["scores"][m] for k in counted if m in templates[k]["scores"]) for m in metric_names}
-        best = {m: max(templates[k]["scores"][m] for k in counted if m in templates[k]["scores"]) for m in metric_names}
-        best_template = max(counted, key=lambda k: templates[k]["scores"].get(primary, float("-inf")))
-        tasks[name] = {
-            "cluster": t["cluster"],
-            "kind": kind,
-            "metric": primary,
-            "score_mean": mean.get(primary, 0.0),
-            "score_best": best.get(primary, 0.0),
-            "best_template": best_template,
-            "mean": mean,
-            "best": best,
-            "num_examples": len(t["examples"]),
-            "num_rows": t["rows"],
-            "num_templates": len(counted),
-            "excluded_templates": [k for k in templates if k not in counted],
-            "templates": templates,
+
+def _template_scores(tpl: dict, corpus: tuple[str, ...]) -> dict[str, float]:
+    metrics = sorted({m for row in tpl["rows"] for m in row})
+    scores = {m: fmean(row[m] for row in tpl["rows"] if m in row) for m in metrics}
+    if tpl["kind"] == "generation":
+        for m in corpus:
+            if m == "bleu":
+                scores["bleu"] = corpus_bleu(tpl["predictions"], tpl["references"])
+    return scores
+
+
+def _primary(kind: str, card_metric: str, templates: dict, counted: list[str]) -> str:
+    primary = CARD_METRIC.get(card_metric, DEFAULT_PRIMARY.get(kind, "accuracy"))
+    if kind == "generation" and any("cot_exact_match" in templates[k]["scores"] for k in counted):
+        primary = "cot_exact_match"  # chain of thought: the extracted final answer decides
+    if not any(primary in templates[k]["scores"] for k in counted):
+        primary = DEFAULT_PRIMARY.get(kind, "accuracy")
+    return primary
+
+
+def _task_summary(name: str, t: dict, card_metric: str, inverted: set) -> dict:
+    corpus = tuple(m for m in CORPUS_METRICS if CARD_METRIC.get(card_metric) == m)
+    templates: dict[str, dict] = {}
+    for key in sorted(t["templates"], key=lambda k: (t["templates"][k]["template_id"], k)):
+        tpl = t["templates"][key]
+        templates[key] = {
+            "template_id": tpl["template_id"],
+            "template_type": tpl["template_type"],
+            "kind": tpl["kind"],
+            "inverted": tpl["template_id"] in inverted,
+            "num_rows": len(tpl["rows"]),
+            "scores": _template_scores(tpl, corpus),
         }
+    kinds = {v["kind"] for k, v in templates.items() if not v["inverted"]} or {v["kind"] for v in templates.values()}
+    kind = "classification" if "classification" in kinds else ("generation" if "generation" in kinds else "mixed")
+    counted = [k for k, v in templates.items() if v["kind"] == kind and not v["inverted"]]
+    primary = _primary(kind, card_metric, templates, counted)
+    metric_names = sorted({m for k in counted for m in templates[k]["scores"]})
+    mean = {m: fmean(templates[k]["scores"][m] for k in counted if m in templates[k]["scores"]) for m in metric_names}
+    best = {m: max(templates[k]["scores"][m] for k in counted if m in templates[k]["scores"]) for m in metric_names}
+    best_template = max(counted, key=lambda k: templates[k]["scores"].get(primary, float("-inf"))) if counted else None
+    return {
+        "cluster": t["cluster"],
+        "kind": kind,
+        "metric": primary,
+        "score_mean": mean.get(primary, 0.0),
+        "score_best": best.get(primary, 0.0),
+        "best_template": best_template,
+        "mean": mean,
+        "best": best,
+        "num_examples": len(t["examples"]),
+        "num_rows": t["rows"],
+        "num_templates": len(counted),
+        "excluded_templates": [k for k in templates if k not in counted],
+        "inverted_templates": {k: v["scores"] for k, v in templates.items() if v["inverted"]},
+        "templates": templates,
+    }
 
+
+def aggregate(records: list[dict], task_metric: dict[str, str] | None = None,
+              inverted: dict[str, set] | None = None) -> dict:
+    """Aggregate per-row scores as in the FLAN paper.
+
+    ``records``: one dict per evaluated row with keys ``task``, ``cluster``, ``template_id``,
+    ``template_type``, ``example_id``, ``kind`` ("classification" | "generation") and ``scores``
+    (metric -> value); generation rows may carry ``prediction`` and ``references`` (corpus BLEU).
+    ``task_metric``: optional task -> card metric name (accuracy, exact_match, f1, rouge, bleu)
+    choosing each task's primary metric; defaults: accuracy / rougeL. ``inverted``: task -> template
+    ids of inverted templates (e.g. a translation template in the reverse direction).
+
+    A task is a classification task when any of its templates is; only templates of the task's kind
+    that are not inverted enter its mean/best. Inverted templates are reported (per template and
+    under ``inverted_templates``) but never counted. Returns ``{"tasks", "clusters", "overall"}``.
+    """
+    task_metric = task_metric or {}
+    inverted = inverted or {}
+    by_task = _collect(records)
+    tasks = {name: _task_summary(name, by_task[name], task_metric.get(name, ""), set(inverted.get(name, ())))
+             for name in sorted(by_task)}
     clusters: dict[str, dict] = {}
     for name, t in tasks.items():
         clusters.setdefault(t["cluster"], {"tasks": []})["tasks"].append(name)
@@ -175,7 +224,6 @@ def aggregate(records: list[dict], task_metric: dict[str, str] | None = None) ->
         c["score_mean"] = fmean(tasks[t]["score_mean"] for t in c["tasks"])
         c["score_best"] = fmean(tasks[t]["score_best"] for t in c["tasks"])
     clusters = dict(sorted(clusters.items()))
-
     overall = {
         "num_tasks": len(tasks),
         "task_mean": fmean(t["score_mean"] for t in tasks.values()) if tasks else 0.0,
@@ -195,7 +243,7 @@ def format_table(results: dict) -> str:
         other = "  ".join(f"{m} {100 * v:.1f}" for m, v in t["mean"].items() if m != t["metric"])
         lines.append(
             f"{name:<{w}}{str(t['cluster']):<{cw}}{t['metric']:<13}{100 * t['score_mean']:>7.1f}{100 * t['score_best']:>7.1f}"
-            f"  {t['best_template']:<12}{t['num_templates']:>6}{t['num_examples']:>9}  {other}"
+            f"  {str(t['best_template']):<12}{t['num_templates']:>6}{t['num_examples']:>9}  {other}"
         )
     lines.append("")
     lines.append(f"{'cluster':<{cw}}{'tasks':>6}{'mean':>7}{'best':>7}")

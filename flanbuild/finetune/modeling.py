@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flanbuild.errors import FlanbuildError
-from flanbuild.finetune.config import PRESETS, PROMPT_SEPARATOR, RUN_META_FILE
+from flanbuild.finetune.config import PRESETS, PRETRAINED_PRESETS, PROMPT_SEPARATOR, RUN_META_FILE
+
+#: peft writes this file into an adapter run directory.
+ADAPTER_CONFIG = "adapter_config.json"
 
 SEQ2SEQ = "seq2seq"
 CAUSAL = "causal"
@@ -130,53 +133,76 @@ def read_run_meta(path: str | Path) -> dict:
 
 
 def check_model_name(name: str) -> str:
-    """'preset' | 'dir' | 'hub', or FlanbuildError for an unknown preset / a bad directory."""
+    """'preset' | 'pretrained' | 'dir' | 'hub', or FlanbuildError for an unknown preset / a bad directory."""
     if name in PRESETS:
         return "preset"
+    if name in PRETRAINED_PRESETS:
+        return "pretrained"
     p = Path(name).expanduser()
     if p.is_dir():
-        if not (p / "config.json").is_file():
+        if not (p / "config.json").is_file() and not (p / ADAPTER_CONFIG).is_file():
             raise FlanbuildError(f"model directory {p} has no config.json (not a saved model)")
         return "dir"
-    if name.startswith("tiny-") and "/" not in name:
-        raise FlanbuildError(f"unknown preset {name!r} (presets: {', '.join(PRESETS)})")
+    if (name.startswith("tiny-") or name.startswith("smollm")) and "/" not in name:
+        raise FlanbuildError(f"unknown preset {name!r} (presets: {', '.join(PRESETS + PRETRAINED_PRESETS)})")
     if name.startswith((".", "/", "~")) or not _HUB_ID.match(name):
         raise FlanbuildError(f"model directory not found: {name}")
     return "hub"
 
 
-def load_model(name: str, *, dtype=None):
-    """(model, tokenizer, kind) from a local directory or a hub id (cache only when offline)."""
+def resolve_model_path(name: str, log=None) -> str:
+    """A loadable path or hub id: pretrained presets are converted/cached on first use."""
     where = check_model_name(name)
     if where == "preset":
         raise FlanbuildError(f"{name!r} is a preset, not a saved model (train it with `flanbuild finetune`)")
+    if where == "pretrained":
+        from flanbuild.finetune.pretrained import ensure_pretrained
+
+        return str(ensure_pretrained(name, log))
+    return str(Path(name).expanduser()) if where == "dir" else name
+
+
+def is_adapter_dir(name: str) -> bool:
+    return Path(name).expanduser().is_dir() and (Path(name).expanduser() / ADAPTER_CONFIG).is_file()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_model(name: str, *, dtype=None, log=None):
+    """(model, tokenizer, kind) from a pretrained preset, a local directory (a run with a peft
+    adapter included: its base model is loaded and the adapter applied) or a hub id."""
+    if is_adapter_dir(name):
+        from flanbuild.finetune.adapters import load_adapter_run
+
+        return load_adapter_run(name, dtype=dtype, log=log)
+    path = resolve_model_path(name, log)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    path = str(Path(name).expanduser()) if where == "dir" else name
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FlanbuildError(
-            f"cannot load model {name!r}: not a preset ({', '.join(PRESETS)}), not a local model directory, "
-            f"and not loadable from the hub/cache ({first})"
+            f"cannot load model {name!r}: not a preset ({', '.join(PRESETS + PRETRAINED_PRESETS)}), not a local "
+            f"model directory, and not loadable from the hub/cache ({_first_line(exc)})"
         ) from None
     kind = SEQ2SEQ if getattr(config, "is_encoder_decoder", False) else CAUSAL
     auto = AutoModelForSeq2SeqLM if kind == SEQ2SEQ else AutoModelForCausalLM
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError) as exc:
-        raise FlanbuildError(f"cannot load the tokenizer of {name!r} ({str(exc).strip().splitlines()[0]})") from None
+        raise FlanbuildError(f"cannot load the tokenizer of {name!r} ({_first_line(exc)})") from None
     try:
         kwargs = {"dtype": dtype} if dtype is not None else {}
         model = auto.from_pretrained(path, **kwargs)
     except ValueError as exc:
         raise FlanbuildError(
-            f"model {name!r} ({config.model_type}) is neither an encoder-decoder nor a causal LM "
-            f"({str(exc).strip().splitlines()[0]})"
+            f"model {name!r} ({config.model_type}) is neither an encoder-decoder nor a causal LM ({_first_line(exc)})"
         ) from None
     except OSError as exc:
-        raise FlanbuildError(f"cannot load the weights of {name!r} ({str(exc).strip().splitlines()[0]})") from None
+        raise FlanbuildError(f"cannot load the weights of {name!r} ({_first_line(exc)})") from None
     fix_special_tokens(model, tok)
     return model, tok, kind
 
@@ -206,8 +232,14 @@ class Codec:
       trailing ``</s>``), truncated to ``max_input_len``; labels = ``tokenizer(targets)`` without
       special tokens + EOS, truncated to ``max_target_len`` (EOS kept).
     * causal: ids = leading special tokens the tokenizer adds (e.g. Llama's BOS, never a trailing
-      one) + ``tokenizer(inputs + separator)`` truncated to ``max_input_len``, then the target ids +
-      EOS; the loss covers the target ids and the EOS only.
+      one) + ``tokenizer(inputs + separator)``, then the target ids + EOS; the loss covers the target
+      ids and the EOS only. A prompt longer than ``max_input_len`` loses tokens at its start (after the
+      leading specials), so the end of the instruction and the separator are always kept.
+    * causal with ``chat=True``: the prompt is the tokenizer's chat template applied to one user
+      turn (few-shot exemplars: earlier user/assistant turns) with the generation prompt; the target
+      is the answer + EOS (for chat models the end-of-turn token, e.g. ``<|im_end|>``).
+
+    ``shots``: ``(inputs, targets)`` exemplars shown before the row (plain text: joined by blank lines).
     """
 
     tokenizer: object
@@ -216,36 +248,54 @@ class Codec:
     max_target_len: int = 128
     separator: str = PROMPT_SEPARATOR
     leading: list[int] = field(default_factory=list)
+    chat: bool = False
 
     @classmethod
-    def for_model(cls, model, tokenizer, kind, max_input_len=512, max_target_len=128, separator=PROMPT_SEPARATOR):
+    def for_model(cls, model, tokenizer, kind, max_input_len=512, max_target_len=128, separator=PROMPT_SEPARATOR,
+                  chat=False):
         if max_input_len < 1 or max_target_len < 1:
             raise FlanbuildError("--max-input-len and --max-target-len must be >= 1")
-        c = cls(tokenizer, kind, max_input_len, max_target_len, separator)
+        if chat and not has_chat_template(tokenizer):
+            raise FlanbuildError("the tokenizer has no chat template (use --chat-template none)")
+        c = cls(tokenizer, kind, max_input_len, max_target_len, separator, chat=bool(chat) and kind == CAUSAL)
         if kind == CAUSAL:
-            c.leading = leading_special_ids(tokenizer)
+            c.leading = [] if c.chat else leading_special_ids(tokenizer)
             limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
             if limit and c.max_input_len + c.max_target_len > limit:
                 c.max_input_len = max(1, limit - c.max_target_len)
         return c
 
-    def prompt(self, text: str) -> list[int]:
-        tok = self.tokenizer
+    def prompt_text(self, text: str, shots=()) -> str:
+        """The prompt as a string (causal models; the separator or the chat template applied)."""
+        if self.chat:
+            msgs = []
+            for q, a in shots:
+                msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+            msgs.append({"role": "user", "content": text})
+            return self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
         if self.kind == SEQ2SEQ:
-            return tok(text, add_special_tokens=True, truncation=True, max_length=self.max_input_len)["input_ids"]
-        ids = tok(text + self.separator, add_special_tokens=False)["input_ids"]
-        return (self.leading + ids)[: self.max_input_len]
+            return "".join(f"{q}\n{a}\n\n" for q, a in shots) + text
+        return "".join(f"{q}{self.separator}{a}\n\n" for q, a in shots) + text + self.separator
+
+    def clip(self, ids: list[int]) -> list[int]:
+        """Causal prompt ids (without the leading specials) cut to ``max_input_len`` from the left."""
+        room = max(1, self.max_input_len - len(self.leading))
+        return self.leading + ids[-room:]
+
+    def prompt(self, text: str, shots=()) -> list[int]:
+        return self.prompts([text], [shots] if shots else None)[0]
 
     def target(self, text: str) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.max_target_len - 1]
-        return ids + [self.tokenizer.eos_token_id]
+        return self.targets([text])[0]
 
-    def prompts(self, texts: list[str]) -> list[list[int]]:
+    def prompts(self, texts: list[str], shots=None) -> list[list[int]]:
         tok = self.tokenizer
+        shots = shots or [()] * len(texts)
         if self.kind == SEQ2SEQ:
-            return tok(list(texts), add_special_tokens=True, truncation=True, max_length=self.max_input_len)["input_ids"]
-        enc = tok([t + self.separator for t in texts], add_special_tokens=False)["input_ids"]
-        return [(self.leading + ids)[: self.max_input_len] for ids in enc]
+            strs = [self.prompt_text(t, s) for t, s in zip(texts, shots)]
+            return tok(strs, add_special_tokens=True, truncation=True, max_length=self.max_input_len)["input_ids"]
+        enc = tok([self.prompt_text(t, s) for t, s in zip(texts, shots)], add_special_tokens=False)["input_ids"]
+        return [self.clip(ids) for ids in enc]
 
     def targets(self, texts: list[str]) -> list[list[int]]:
         enc = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
@@ -258,6 +308,22 @@ class Codec:
         if self.kind == SEQ2SEQ:
             return {"input_ids": p, "labels": t}
         return {"input_ids": p + t, "labels": [-100] * len(p) + t}
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def resolve_chat(mode: str, tokenizer, kind: str, meta: dict | None = None) -> bool:
+    """Whether to use the chat template: ``none`` never; ``auto`` follows a flanbuild run's training
+    choice, else uses the template when a decoder-only model's tokenizer has one."""
+    if mode not in ("auto", "none"):
+        raise FlanbuildError(f"--chat-template must be auto or none (got {mode!r})")
+    if mode == "none" or kind != CAUSAL:
+        return False
+    if meta and "chat_template" in meta:
+        return bool(meta["chat_template"])
+    return has_chat_template(tokenizer)
 
 
 def leading_special_ids(tokenizer) -> list[int]:

@@ -1,5 +1,18 @@
 """Rank classification and greedy generation, batched (imports torch).
 
+Two scoring conventions build the (prompt, option) token sequences (:func:`requests`):
+
+* ``flan`` (FLAN/T5, flanbuild's training format): prompt = inputs + separator (or the chat
+  template), continuation = option tokens + EOS. The EOS term says "the answer ends here".
+* ``lm-eval`` (lm-evaluation-harness ``multiple_choice``): context = inputs, continuation =
+  ``" " + option`` (no delimiter through a chat template), no EOS; trailing white space of the
+  context moves to the continuation and the continuation ids are ``encode(context + continuation)``
+  minus the first ``len(encode(context))`` ids, exactly as lm-eval's ``_encode_pair``.
+
+Two ways to score them: :func:`score_continuations` (every pair its own sequence; the reference
+path) and :func:`score_grouped` (one forward over the shared prompt with the KV cache, then all
+options of the example in one batch from the cached keys/values; same numbers, less work).
+
 Rank classification scores each (example, option) pair by the summed log-likelihood of the option's
 tokens *and the EOS* given the prompt (the same target encoding as training, so "yes" is not
 confused with a prefix of "yes, definitely"). Pairs are sorted by length and batched:
@@ -50,9 +63,55 @@ def _pad(seqs: list[list[int]], value: int, left: bool = False):
     return ids, mask
 
 
+# ---------------------------------------------------------------------------------------------
+# requests: the token ids of (prompt, options) under a convention
+
+
+def lm_eval_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-evaluation-harness ``_encode_pair``: (context ids, continuation ids), no special tokens."""
+    n = len(context) - len(context.rstrip())
+    if n:
+        continuation = context[-n:] + continuation
+        context = context[:-n]
+    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
+    return ctx, whole[len(ctx):]
+
+
+def lm_eval_context(codec: Codec, text: str, shots=()) -> str:
+    """lm-eval's context: exemplars as ``question + " " + answer`` joined by blank lines, then the
+    question (through the chat template when the codec uses one)."""
+    if codec.chat:
+        return codec.prompt_text(text, shots)
+    return "".join(f"{q} {a}\n\n" for q, a in shots) + text
+
+
+def requests(codec: Codec, scoring: str, text: str, options: list[str], shots=()) -> tuple[list[int], list[list[int]]]:
+    """(prompt ids, one continuation per option) of one row under ``scoring`` (flan | lm-eval)."""
+    if scoring == "flan":
+        return codec.prompt(text, shots), codec.targets(options)
+    context = lm_eval_context(codec, text, shots)
+    if codec.kind == SEQ2SEQ:  # encoder sees the context, decoder the bare option (no EOS)
+        return codec.prompts([context])[0], [codec.tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
+    delimiter = "" if codec.chat else " "
+    pairs = [lm_eval_pair(codec.tokenizer, context, delimiter + o) for o in options]
+    return codec.clip(pairs[0][0]), [c for _, c in pairs]
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring
+
+
+def _real_logits(logits, length: int):
+    """Drop the positions of virtual tokens that prompt-learning adapters put before the input."""
+    return logits[:, -length:] if logits.dim() == 3 and logits.shape[1] > length else logits
+
+
 @torch.inference_mode()
-def score_continuations(model, codec: Codec, prompts: list[list[int]], conts: list[list[int]], batch_size: int = 16) -> list[float]:
-    """Summed log-probability of ``conts[i]`` after ``prompts[i]`` for every pair."""
+def score_continuations(model, codec: Codec, prompts: list[list[int]], conts: list[list[int]], batch_size: int = 16,
+                        progress=None) -> list[float]:
+    """Summed log-probability of ``conts[i]`` after ``prompts[i]`` for every pair, each pair its own
+    sequence (the reference path; :func:`score_grouped` shares the prompt)."""
     model.eval()
     dev = _device(model)
     pad = codec.tokenizer.pad_token_id
@@ -81,7 +140,7 @@ def score_continuations(model, codec: Codec, prompts: list[list[int]], conts: li
                 # project only the scored positions onto the vocabulary (saves time and memory)
                 logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
             else:
-                logits = model(input_ids=ids, attention_mask=mask).logits
+                logits = _real_logits(model(input_ids=ids, attention_mask=mask).logits, ids.shape[1])
         keep = gold != -100
         if logits.dim() == 3:
             logits = logits[keep]
@@ -91,11 +150,116 @@ def score_continuations(model, codec: Codec, prompts: list[list[int]], conts: li
         per_row = torch.zeros(len(chunk), dtype=torch.float32, device=dev).index_add_(0, rows, tok_lp)
         for r, i in enumerate(chunk):
             scores[i] = float(per_row[r])
+        if progress is not None:
+            progress.update(len(chunk))
     return scores
 
 
+def _option_logprobs(first_logits, rest_logits, conts: list[list[int]], dev) -> list[float]:
+    """Sum of log-probs: the first token of each option from the prompt's last position, the
+    others from the option's own positions."""
+    lp0 = torch.log_softmax(first_logits.float(), dim=-1)
+    out = []
+    for j, c in enumerate(conts):
+        total = lp0[c[0]]
+        if len(c) > 1:
+            lp = torch.log_softmax(rest_logits[j, : len(c) - 1].float(), dim=-1)
+            total = total + lp.gather(-1, torch.tensor(c[1:], device=dev).unsqueeze(-1)).sum()
+        out.append(float(total))
+    return out
+
+
+def _cache_argument(model) -> str:
+    """The forward argument that takes a KV cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _score_group_causal(model, prompt: list[int], conts: list[list[int]], pad: int, dev) -> list[float]:
+    n = len(conts)
+    out = model(input_ids=torch.tensor([prompt], device=dev), use_cache=True)
+    first = out.logits[0, -1]
+    longest = max(len(c) for c in conts) - 1
+    if longest == 0:
+        return _option_logprobs(first, None, conts, dev)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    cache.batch_repeat_interleave(n)
+    ids, mask = _pad([c[:-1] for c in conts], pad)
+    full_mask = torch.cat([torch.ones((n, len(prompt)), dtype=torch.long), mask], dim=1)
+    kw = {_cache_argument(model): cache}
+    rest = model(input_ids=ids.to(dev), attention_mask=full_mask.to(dev), use_cache=True, **kw).logits
+    return _option_logprobs(first, rest, conts, dev)
+
+
+def _score_group_seq2seq(model, prompt: list[int], conts: list[list[int]], pad: int, dev) -> list[float]:
+    from transformers.modeling_outputs import BaseModelOutput
+
+    n = len(conts)
+    enc = model.get_encoder()(input_ids=torch.tensor([prompt], device=dev))
+    hidden = enc.last_hidden_state.expand(n, -1, -1)
+    labels, _ = _pad(conts, -100)
+    labels = labels.to(dev)
+    logits = model(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), labels=labels).logits
+    keep = labels != -100
+    lp = torch.log_softmax(logits[keep].float(), dim=-1).gather(-1, labels[keep].unsqueeze(-1)).squeeze(-1)
+    per_row = torch.zeros(n, device=dev).index_add_(0, keep.nonzero()[:, 0], lp)
+    return [float(x) for x in per_row]
+
+
+def can_share_prefix(model) -> bool:
+    """Prefix sharing needs a plain model or a LoRA-style adapter (virtual tokens change the input)."""
+    from flanbuild.finetune.adapters import is_prompt_learning
+
+    return not is_prompt_learning(model)
+
+
 @torch.inference_mode()
-def greedy_generate(model, codec: Codec, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 16) -> list[str]:
+def score_grouped(model, codec: Codec, groups: list[tuple[list[int], list[list[int]]]], batch_size: int = 16,
+                  progress=None) -> list[list[float]]:
+    """Option log-likelihoods of every ``(prompt, options)`` group, sharing the prompt.
+
+    One forward over the prompt fills the KV cache (encoder-decoders: one encoder pass); the cache is
+    repeated for the options, which run as one batch (right padding; the first option token is scored
+    from the prompt's last position). Equal to :func:`score_continuations` up to float rounding.
+    Falls back to it for prompt-learning adapters and empty prompts.
+    """
+    model.eval()
+    if not can_share_prefix(model):
+        return _ungrouped(model, codec, groups, batch_size, progress)
+    dev = _device(model)
+    pad = codec.tokenizer.pad_token_id
+    one = _score_group_seq2seq if codec.kind == SEQ2SEQ else _score_group_causal
+    out = []
+    for prompt, conts in groups:
+        if not prompt or not conts or any(not c for c in conts):
+            out.append(_ungrouped(model, codec, [(prompt, conts)], batch_size, None)[0])
+        else:
+            out.append(one(model, prompt, conts, pad, dev))
+        if progress is not None:
+            progress.update(len(conts))
+    return out
+
+
+def _ungrouped(model, codec, groups, batch_size, progress) -> list[list[float]]:
+    prompts = [p for p, conts in groups for _ in conts]
+    flat = [c for _, conts in groups for c in conts]
+    scores = score_continuations(model, codec, prompts, flat, batch_size, progress)
+    out, k = [], 0
+    for _, conts in groups:
+        out.append(scores[k : k + len(conts)])
+        k += len(conts)
+    return out
+
+
+@torch.inference_mode()
+def greedy_generate(model, codec: Codec, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 16,
+                    progress=None) -> list[str]:
     """Greedy decoding of every prompt; returns the decoded continuations (special tokens dropped)."""
     from transformers import GenerationConfig
 
@@ -130,4 +294,6 @@ def greedy_generate(model, codec: Codec, prompts: list[list[int]], max_new_token
         texts = tok.batch_decode(new.tolist(), skip_special_tokens=True)
         for r, i in enumerate(chunk):
             out[i] = texts[r].strip()
+        if progress is not None:
+            progress.update(len(chunk))
     return out

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from flanbuild.errors import FlanbuildError
-from flanbuild.finetune.config import PRESETS, RUN_META_FILE, FinetuneConfig
+from flanbuild.finetune.config import PEFT_METHODS, PRESETS, RUN_META_FILE, FinetuneConfig
 from flanbuild.finetune.data import fingerprint, read_split
 from flanbuild.finetune.modeling import (
     CAUSAL,
@@ -28,6 +28,7 @@ from flanbuild.finetune.modeling import (
     load_model,
     preset_kind,
     quiet_transformers,
+    resolve_chat,
 )
 
 #: Presets train their tokenizer on at most this many rows of the training split.
@@ -167,7 +168,8 @@ def mean_loss(model, codec: Codec, inputs: list[str], targets: list[str], batch_
                 logits = model(**batch, labels=labels).logits
                 gold = labels
             else:
-                logits = model(**batch).logits[:, :-1]
+                # prompt-learning adapters prepend virtual tokens: keep the positions of the real ones
+                logits = model(**batch).logits[:, -labels.shape[1]:][:, :-1]
                 gold = labels[:, 1:]
             keep = gold != -100
             lp = torch.log_softmax(logits[keep].float(), dim=-1)
@@ -203,6 +205,12 @@ def _validate(cfg: FinetuneConfig) -> None:
         (cfg.vocab_size >= 300, "--vocab-size must be >= 300 (the 256 byte symbols plus merges)"),
         (cfg.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda (got {cfg.device!r})"),
         (not (cfg.resume and cfg.overwrite), "--resume and --overwrite exclude each other"),
+        (cfg.peft is None or cfg.peft in PEFT_METHODS, f"--peft must be one of {', '.join(PEFT_METHODS)} (got {cfg.peft!r})"),
+        (cfg.lora_r >= 1 and cfg.lora_alpha >= 1, "--lora-r and --lora-alpha must be >= 1"),
+        (0 <= cfg.lora_dropout < 1, "--lora-dropout must be in [0, 1)"),
+        (cfg.num_virtual_tokens >= 1, "--num-virtual-tokens must be >= 1"),
+        (cfg.chat_template in ("auto", "none"), f"--chat-template must be auto or none (got {cfg.chat_template!r})"),
+        (cfg.max_rows is None or cfg.max_rows >= 1, "--max-rows must be >= 1"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -243,20 +251,162 @@ def _training_args(args_cls, cfg: FinetuneConfig, out: Path, lr: float, bf16: bo
     )
 
 
-class _LossPrinter:
-    """Trainer callback printing one short line per logging step."""
+class _ProgressPrinter:
+    """Trainer callback: a progress line with ETA (steps) and the loss at every logging step."""
 
-    def __new__(cls, stream):
+    def __new__(cls, stream, quiet: bool = False):
         from transformers import TrainerCallback
 
-        class LossPrinter(TrainerCallback):
+        from flanbuild.finetune.progress import Progress
+
+        class ProgressPrinter(TrainerCallback):
+            bar: Progress | None = None
+            loss: str = ""
+
+            def on_train_begin(self, args, state, control, **kwargs):
+                # a resumed run starts where it stopped
+                self.bar = Progress("train", state.max_steps, "steps", stream=stream, enabled=not quiet,
+                                    initial=state.global_step)
+
+            def on_step_end(self, args, state, control, **kwargs):
+                self.bar.set(state.global_step, self.loss)
+
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if logs and "loss" in logs:
                     lr = logs.get("learning_rate")
                     lr_s = f"  lr {lr:.2e}" if isinstance(lr, (int, float)) else ""
-                    print(f"step {state.global_step:>6}/{state.max_steps}  loss {logs['loss']:.4f}{lr_s}", file=stream, flush=True)
+                    self.loss = f"loss {logs['loss']:.4f}{lr_s}"
+                    self.bar.set(state.global_step, self.loss, force=True)
 
-        return LossPrinter()
+        return ProgressPrinter()
+
+
+# ---------------------------------------------------------------------------------------------
+# the steps of a run
+
+
+def _read_rows(cfg: FinetuneConfig) -> tuple[list[str], list[str]]:
+    rows = read_split(cfg.data, cfg.split, columns=("inputs", "targets"))
+    inputs, targets = rows["inputs"], rows["targets"]
+    if cfg.max_rows:
+        inputs, targets = inputs[: cfg.max_rows], targets[: cfg.max_rows]
+    if not inputs:
+        raise FlanbuildError(f"the {cfg.split!r} split of {cfg.data} has no rows")
+    return inputs, targets
+
+
+def _prepare_out(cfg: FinetuneConfig) -> tuple[Path, str | None, list[Path]]:
+    """(run dir, checkpoint to resume from, stale checkpoints that --overwrite removes later)."""
+    out = Path(cfg.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise FlanbuildError(f"--out exists and is not a directory: {out}")
+    if cfg.resume:
+        ckpt = _last_checkpoint(out)
+        if ckpt is None:
+            raise FlanbuildError(f"--resume: no checkpoint-* directory in {out}")
+        return out, ckpt, []
+    held = out.is_dir() and (_last_checkpoint(out) or (out / "config.json").exists() or (out / "adapter_config.json").exists())
+    if held and not cfg.overwrite:
+        raise FlanbuildError(f"{out} already holds a run: pass --resume to continue it or --overwrite to start over")
+    stale = [ck for ck in out.glob("checkpoint-*") if ck.is_dir()] if held else []
+    return out, None, stale
+
+
+def _devices(cfg: FinetuneConfig) -> tuple[bool, bool]:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise FlanbuildError("--device cuda: no CUDA GPU is available")
+    use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
+    return use_cuda, bool(use_cuda and torch.cuda.is_bf16_supported())
+
+
+def _load(cfg: FinetuneConfig, resume_ckpt, inputs, targets, log):
+    """(model, tokenizer, kind, preset name or None) before any adapter is added."""
+    preset = cfg.model if check_model_name(cfg.model) == "preset" else None
+    if resume_ckpt and not cfg.peft:  # the checkpoint holds config, weights and tokenizer (presets included)
+        model, tok, kind = load_model(resume_ckpt)
+    elif preset:
+        model, tok = build_preset(preset, _tokenizer_texts(inputs, targets), vocab_size=cfg.vocab_size, seed=cfg.seed)
+        kind = preset_kind(preset)
+    else:
+        model, tok, kind = load_model(cfg.model, log=log)
+    if kind == SEQ2SEQ and cfg.packing:
+        raise FlanbuildError("--packing is for decoder-only models; this model is an encoder-decoder")
+    return model, tok, kind, preset
+
+
+def _add_adapter(cfg: FinetuneConfig, model, kind: str, out: Path, tok, preset):
+    """Wrap the model for --peft; a random preset's base model is saved into RUN/base_model first."""
+    if not cfg.peft:
+        return model, cfg.model
+    from flanbuild.finetune import adapters
+
+    if cfg.packing and cfg.peft in adapters.PROMPT_LEARNING:
+        raise FlanbuildError(f"--packing cannot be combined with --peft {cfg.peft} (virtual tokens per example)")
+    base_name = cfg.model
+    if preset:  # no other copy of a random preset exists: keep it with the run
+        base_dir = out / "base_model"
+        model.save_pretrained(str(base_dir))
+        tok.save_pretrained(str(base_dir))
+        base_name = str(base_dir.resolve())
+    elif check_model_name(cfg.model) == "dir":
+        base_name = str(Path(cfg.model).expanduser().resolve())
+    wrapped = adapters.wrap(model, cfg.peft, kind, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                            targets=cfg.lora_targets, num_virtual_tokens=cfg.num_virtual_tokens)
+    return wrapped, base_name
+
+
+def _dataset(cfg: FinetuneConfig, inputs, targets, codec, model, log):
+    if not cfg.packing:
+        return EncodedDataset(inputs, targets, codec)
+    dataset = PackedDataset(inputs, targets, codec, cfg.seed)
+    diff = dataset.check_isolation(model)
+    if diff is not None and diff > 1e-3:
+        raise FlanbuildError(
+            f"--packing: {type(model).__name__} lets attention cross packed examples (logits differ by {diff:.3g}); "
+            "train it without --packing"
+        )
+    log(f"packing: {dataset.num_examples} examples -> {len(dataset)} rows of <= {dataset.block} tokens "
+        f"({dataset.num_tokens / max(1, len(dataset) * dataset.block):.0%} full)")
+    return dataset
+
+
+def _trainer(cfg: FinetuneConfig, kind, model, tok, dataset, out, lr, bf16, use_cuda):
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
+
+    args_cls = Seq2SeqTrainingArguments if kind == SEQ2SEQ else TrainingArguments
+    trainer_cls = Seq2SeqTrainer if kind == SEQ2SEQ else Trainer
+    try:
+        args = _training_args(args_cls, cfg, out, lr, bf16, use_cuda)
+    except ValueError as exc:  # e.g. an unknown --lr-scheduler name
+        raise FlanbuildError(f"bad training argument: {str(exc).strip().splitlines()[0]}") from None
+    trainer = trainer_cls(
+        model=model, args=args, train_dataset=dataset,
+        data_collator=PadCollator(tok.pad_token_id, packed=cfg.packing), processing_class=tok,
+    )
+    if not cfg.progress:
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(_ProgressPrinter(sys.stderr, quiet=cfg.quiet))
+    return trainer
+
+
+def _loss_sample(inputs, targets):
+    sample = list(range(0, len(inputs), max(1, len(inputs) // LOSS_SAMPLE_ROWS)))[:LOSS_SAMPLE_ROWS]
+    return [inputs[i] for i in sample], [targets[i] for i in sample]
+
+
+def _train(cfg: FinetuneConfig, trainer, resume_ckpt, out: Path, log) -> tuple[dict, float]:
+    t = time.time()
+    metrics: dict = {}
+    if cfg.max_steps == 0:
+        log("--max-steps 0: saving the model without training")
+    else:
+        metrics = dict(trainer.train(resume_from_checkpoint=resume_ckpt).metrics)
+    seconds = time.time() - t
+    trainer.model.config.use_cache = True  # the Trainer turns the KV cache off for training; generation wants it
+    trainer.save_model(str(out))
+    trainer.save_state()
+    return metrics, seconds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,111 +418,45 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     _validate(cfg)
     t0 = time.time()
     log = (lambda *a: None) if cfg.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    rows = read_split(cfg.data, cfg.split, columns=("inputs", "targets"))
-    inputs, targets = rows["inputs"], rows["targets"]
-    if not inputs:
-        raise FlanbuildError(f"the {cfg.split!r} split of {cfg.data} has no rows")
-    where = check_model_name(cfg.model)
-    out = Path(cfg.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise FlanbuildError(f"--out exists and is not a directory: {out}")
-
+    inputs, targets = _read_rows(cfg)
+    out, resume_ckpt, stale = _prepare_out(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     quiet_transformers()
-    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
-    from transformers.trainer_callback import PrinterCallback
-
-    resume_ckpt = None
-    stale: list[Path] = []  # old checkpoints removed by --overwrite once the new run is set up
-    if cfg.resume:
-        resume_ckpt = _last_checkpoint(out)
-        if resume_ckpt is None:
-            raise FlanbuildError(f"--resume: no checkpoint-* directory in {out}")
-    elif out.is_dir() and (_last_checkpoint(out) or (out / "config.json").exists()):
-        if not cfg.overwrite:
-            raise FlanbuildError(f"{out} already holds a run: pass --resume to continue it or --overwrite to start over")
-        stale = [ck for ck in out.glob("checkpoint-*") if ck.is_dir()]
-
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise FlanbuildError("--device cuda: no CUDA GPU is available")
-    use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
-    bf16 = bool(use_cuda and torch.cuda.is_bf16_supported())
-
-    preset = cfg.model if where == "preset" else None
+    use_cuda, bf16 = _devices(cfg)
     t_model = time.time()
-    if resume_ckpt:  # the checkpoint holds config, weights and tokenizer (presets included)
-        model, tok, kind = load_model(resume_ckpt)
-    elif preset:
-        model, tok = build_preset(preset, _tokenizer_texts(inputs, targets), vocab_size=cfg.vocab_size, seed=cfg.seed)
-        kind = preset_kind(preset)
-    else:
-        model, tok, kind = load_model(cfg.model)
-    if kind == SEQ2SEQ and cfg.packing:
-        raise FlanbuildError("--packing is for decoder-only models; this model is an encoder-decoder")
-    lr = cfg.lr if cfg.lr is not None else (1e-3 if preset else 5e-5)
-    codec = Codec.for_model(model, tok, kind, cfg.max_input_len, cfg.max_target_len)
+    model, tok, kind, preset = _load(cfg, resume_ckpt, inputs, targets, log)
+    chat = resolve_chat(cfg.chat_template, tok, kind)
+    codec = Codec.for_model(model, tok, kind, cfg.max_input_len, cfg.max_target_len, chat=chat)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: {cfg.model} ({kind}, {n_params / 1e6:.2f}M parameters, vocab {len(tok)}) "
+    for ck in stale:
+        shutil.rmtree(ck)
+    model, base_name = _add_adapter(cfg, model, kind, out, tok, preset)
+    lr = cfg.lr if cfg.lr is not None else _default_lr(cfg, preset)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log(f"model: {cfg.model} ({kind}, {n_params / 1e6:.2f}M parameters, {n_train / 1e6:.3f}M trainable"
+        f"{', peft ' + cfg.peft if cfg.peft else ''}{', chat template' if chat else ''}, vocab {len(tok)}) "
         f"built/loaded in {time.time() - t_model:.1f}s; {len(inputs)} {cfg.split} rows from {cfg.data}")
-
-    if cfg.packing:
-        dataset = PackedDataset(inputs, targets, codec, cfg.seed)
-        diff = dataset.check_isolation(model)
-        if diff is not None and diff > 1e-3:
-            raise FlanbuildError(
-                f"--packing: {type(model).__name__} lets attention cross packed examples (logits differ by {diff:.3g}); "
-                "train it without --packing"
-            )
-        log(f"packing: {dataset.num_examples} examples -> {len(dataset)} rows of <= {dataset.block} tokens "
-            f"({dataset.num_tokens / max(1, len(dataset) * dataset.block):.0%} full)")
-    else:
-        dataset = EncodedDataset(inputs, targets, codec)
-    collator = PadCollator(tok.pad_token_id, packed=cfg.packing)
-
-    sample = list(range(0, len(inputs), max(1, len(inputs) // LOSS_SAMPLE_ROWS)))[:LOSS_SAMPLE_ROWS]
-    s_in, s_tg = [inputs[i] for i in sample], [targets[i] for i in sample]
+    dataset = _dataset(cfg, inputs, targets, codec, model, log)
+    s_in, s_tg = _loss_sample(inputs, targets)
     if use_cuda:
         model.to("cuda")
     loss_before = mean_loss(model, codec, s_in, s_tg, cfg.batch_size)
-
-    args_cls = Seq2SeqTrainingArguments if kind == SEQ2SEQ else TrainingArguments
-    trainer_cls = Seq2SeqTrainer if kind == SEQ2SEQ else Trainer
-    try:
-        args = _training_args(args_cls, cfg, out, lr, bf16, use_cuda)
-    except ValueError as exc:  # e.g. an unknown --lr-scheduler name
-        raise FlanbuildError(f"bad training argument: {str(exc).strip().splitlines()[0]}") from None
-    trainer = trainer_cls(
-        model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=tok,
-    )
-    if not cfg.progress:
-        trainer.remove_callback(PrinterCallback)
-        if not cfg.quiet:
-            trainer.add_callback(_LossPrinter(sys.stderr))
-
-    for ck in stale:
-        shutil.rmtree(ck)
-    t_train = time.time()
-    train_metrics: dict = {}
-    if cfg.max_steps == 0:
-        log("--max-steps 0: saving the model without training")
-    else:
-        result = trainer.train(resume_from_checkpoint=resume_ckpt)
-        train_metrics = dict(result.metrics)
-    train_s = time.time() - t_train
-    trainer.model.config.use_cache = True  # the Trainer turns the KV cache off for training; generation wants it
-    trainer.save_model(str(out))
-    trainer.save_state()
-
+    trainer = _trainer(cfg, kind, model, tok, dataset, out, lr, bf16, use_cuda)
+    train_metrics, train_s = _train(cfg, trainer, resume_ckpt, out, log)
     model = trainer.model
     loss_after = mean_loss(model, codec, s_in, s_tg, cfg.batch_size)
     logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     summary = {
         "model": cfg.model,
+        "base_model": base_name,
         "preset": preset,
         "kind": kind,
         "architecture": type(model).__name__,
         "parameters": n_params,
+        "trainable_parameters": n_train,
+        "peft": cfg.peft,
+        "chat_template": chat,
         "prompt_separator": codec.separator if kind == CAUSAL else None,
         "max_input_len": codec.max_input_len,
         "max_target_len": codec.max_target_len,
@@ -385,7 +469,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         "learning_rate": lr,
         "bf16": bf16,
         "device": "cuda" if use_cuda else "cpu",
-        "loss_sample_rows": len(sample),
+        "loss_sample_rows": len(s_in),
         "loss_before": loss_before,
         "loss_after": loss_after,
         "first_logged_loss": logged[0] if logged else None,
@@ -399,9 +483,16 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     if use_cuda:
         summary["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     (out / RUN_META_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-    log(f"done: {trainer.state.global_step} steps in {train_s:.1f}s; loss on {len(sample)} fixed train rows "
+    log(f"done: {trainer.state.global_step} steps in {train_s:.1f}s; loss on {len(s_in)} fixed train rows "
         f"{loss_before:.3f} -> {loss_after:.3f}; model saved to {out}")
     return summary
+
+
+def _default_lr(cfg: FinetuneConfig, preset) -> float:
+    """1e-3 for random presets; pretrained: 5e-5 full, 1e-4 LoRA, 3e-2 prompt-learning methods."""
+    if preset:
+        return 1e-3
+    return {None: 5e-5, "lora": 1e-4}.get(cfg.peft, 3e-2)
 
 
 __all__ = ["run_finetune", "mean_loss", "PackedDataset", "PadCollator", "EncodedDataset", "PRESETS"]
