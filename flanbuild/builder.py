@@ -28,6 +28,7 @@ from flanbuild.pipeline.progress import Progress
 from flanbuild.catalog.registry import Registry, default_registry
 from flanbuild.pipeline.render import RenderJob, RenderStats
 from flanbuild.sources.loader import DataNotFound, SplitData, load_split
+from flanbuild.sources import sample
 from flanbuild.catalog.tasks import Task
 
 EXEMPLAR_POOL = 10_000  # few-shot exemplars come from at most this many rows of a task (bounded memory)
@@ -160,6 +161,9 @@ def build(config: BuildConfig, registry: Registry | None = None, progress: Progr
             log.skip(name, str(e))
             continue
         group[name], roles[name], data[name], valid[name] = sub, role, split, rows
+    from_sample = [n for n, d in data.items() if d.origin.startswith(sample.ORIGIN_PREFIX)]
+    if from_sample:
+        log(sample.notice(len(from_sample)))
     if not any(r == "eval" for r in roles.values()):
         msg = f"no eval data: no task of the held-out cluster(s) {', '.join(sorted(held))} has data here"
         if config.strict:

@@ -436,15 +436,43 @@ def _sources(entries, tasks) -> list[str]:
         dataset, licence, homepage = _task_source(n, t, task)
         name = f"[{code(n)}]({homepage})" if homepage else code(n)
         desc = md(_first_sentence(task.description)) if task is not None and task.description else ""
-        rows.append([name, dataset, licence, desc])
+        rows.append([name, dataset, licence, _data_from(t.get("source", "")), desc])
     out = ["## Source datasets and licenses", "",
            "This mixture redistributes text from the datasets below, rewritten through templates; each keeps "
            "its own license and terms. Check them before you use or share the mixture"
            + ("; a task name links to its dataset's homepage." if tasks else
               " (build with the task registry to list the licenses)."),
            "",
-           _table(["task", "dataset", "license", "description"], rows), ""]
-    return out
+           _table(["task", "dataset", "license", "rows from", "description"], rows), ""]
+    return out + _sample_sources(entries)
+
+
+def _data_from(origin: str) -> str:
+    """Where a task's rows were read: the mirror, the Hub, the embedded sample, a local file or memory."""
+    kind = origin.partition(":")[0]
+    return {"mirror": "local mirror", "hub": "Hugging Face Hub", "sample": "embedded sample (demo)",
+            "file": "local file", "memory": "in memory"}.get(kind, md(kind or "unknown"))
+
+
+def _sample_sources(entries) -> list[str]:
+    """Licence and provenance of the datasets whose rows came from flanbuild's embedded sample."""
+    from flanbuild.sources import sample
+
+    records = {}
+    for t in entries.values():
+        info = sample.dataset_info(t.get("source", ""))
+        if info is not None:
+            records[(info["hub_id"], info["config"])] = info
+    if not records:
+        return []
+    rows = [[f"{code(r['hub_id'])} / {code(r['config'])}", code(r["license"]), md(r["license_stated"]),
+             f"[{md(r['source_repo'].split('github.com/')[-1])}]({r['source_repo']}) @ {code(r['source_commit'][:12])}"]
+            for _, r in sorted(records.items())]
+    return ["### Embedded sample", "",
+            "Tasks whose rows come from the embedded sample were built from flanbuild's demo sample: a few hundred "
+            "real rows per split of datasets whose licences allow redistribution (not the full datasets; give "
+            "`--data-dir` or go online for the full FLAN mixture). Their licences and sources:", "",
+            _table(["dataset / config", "license (SPDX)", "license as stated", "source"], rows), ""]
 
 
 def _skipped(manifest, tasks) -> list[str]:

@@ -189,7 +189,15 @@ def load_split(task: Task, role: str, data_dirs: list[Path], allow_hub: bool = T
             return _parquet_split(paths, f"mirror:{src.hub}/{src.config}/{split}")
     if not allow_hub:
         raise DataNotFound(f"{src.hub}/{src.config}/{split} is not in the local mirror")
-    return _load_from_hub(task, split, data_dirs)
+    try:
+        return _load_from_hub(task, split, data_dirs)
+    except DataNotFound:  # the last resort: the embedded sample (flanbuild/sample, redistributable data only)
+        from flanbuild.sources import sample
+
+        paths = sample.find(src.hub, src.config, split)
+        if not paths:
+            raise
+        return _parquet_split(paths, f"{sample.ORIGIN_PREFIX}{src.hub}/{src.config}/{split}")
 
 
 def _load_from_hub(task: Task, split: str, data_dirs: list[Path]) -> SplitData:
