@@ -145,7 +145,7 @@ def cmd_build(args) -> int:
     if args.decontaminate_ngram is not None:
         recipe = replace(recipe, decontaminate_ngram=args.decontaminate_ngram)
     mix = MixConfig(
-        heldout=tuple(args.heldout or recipe.heldout), extra_removals=not args.no_extra_removals,
+        heldout=tuple(args.heldout or ()), extra_removals=not args.no_extra_removals,
         task_cap=args.task_cap, rate_cap=args.rate_cap, temperature=args.temperature,
         task_weights=dict(args.task_weight), cluster_weights=dict(args.cluster_weight),
         train_size=args.train_size, eval_cap=args.eval_cap, max_epochs=args.max_epochs,
@@ -172,7 +172,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from flanbuild.pipeline.writer import verify
+    from flanbuild.output.manifest import verify
 
     problems = verify(Path(args.out))
     for p in problems:

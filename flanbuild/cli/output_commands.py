@@ -79,7 +79,7 @@ def push_handler(args) -> int:
 def card_handler(args) -> int:
     from flanbuild.builder import load_registry
     from flanbuild.output.card import write_card
-    from flanbuild.output.stats import load_manifest
+    from flanbuild.output.manifest import load_manifest
 
     out = Path(args.out)
     manifest = load_manifest(out)

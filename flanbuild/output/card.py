@@ -17,6 +17,10 @@ import html
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flanbuild.output.stats import MixtureStats
 
 SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
@@ -261,9 +265,18 @@ def render_card(manifest: dict, tasks: dict | None = None, stats=None, images: d
 
 # config keys shown with their own label (others are listed generically; paths are left out)
 _PATH_KEYS = {"data_dirs", "catalogs", "mixture_file", "niv2_dir", "promptsource_dir"}
-_SHOWN_KEYS = {"mixture", "seed", "heldout", "removed_clusters", "extra_removals", "task_cap", "rate_cap",
+_SHOWN_KEYS = {"mixture", "seed", "heldout", "removed_clusters", "extra_removals", "task_cap_override",
+               "rate_cap_override", "submixtures",
                "temperature", "task_weights", "cluster_weights", "train_size", "eval_cap", "tasks", "strict",
                "shard_rows"}
+
+
+def _cap(override: int | None, submixtures: list[dict], key: str) -> str:
+    """A cap as the build applied it: the command-line override, else each submixture's own."""
+    if override is not None:
+        return _n(override) if override else "no cap"
+    caps = [f"{s['name']}: {_n(s[key]) if s.get(key) else 'no cap'}" for s in submixtures]
+    return ", ".join(caps) or "no cap"
 
 
 def _settings(manifest: dict) -> list[list[str]]:
@@ -278,10 +291,8 @@ def _settings(manifest: dict) -> list[list[str]]:
         ["seed", str(cfg.get("seed", 0))],
         ["flanbuild version", code(manifest.get("versions", {}).get("flanbuild", "unknown"))],
     ]
-    if "task_cap" in cfg:
-        rows.append(["examples per task (cap)", _n(cfg["task_cap"]) if cfg["task_cap"] else "no cap"])
-    if "rate_cap" in cfg:
-        rows.append(["mixing-rate cap", _n(cfg["rate_cap"]) if cfg["rate_cap"] else "no cap"])
+    for label, key in (("examples per task (cap)", "task_cap"), ("mixing-rate cap", "rate_cap")):
+        rows.append([label, _cap(cfg.get(f"{key}_override"), cfg.get("submixtures", []), key)])
     rows += [
         ["temperature", str(cfg.get("temperature", 1.0))],
         ["task / cluster weights", md(", ".join(f"{k}={v}" for k, v in weights.items())) or "none"],
@@ -560,12 +571,13 @@ def _type_name(typ) -> str:
 
 
 def write_card(out_dir: Path, manifest: dict, tasks: dict | None = None, tokenizer: str | None = None, *,
-               plots: bool = True) -> dict:
+               plots: bool = True, stats: MixtureStats | None = None) -> dict:
     """Write ``out_dir/README.md`` and its pictures for a build in ``out_dir``.
 
     Streams the split Parquet files listed in ``manifest["files"]`` once; ``tasks`` (name -> Task) adds
     licenses and descriptions; ``tokenizer`` (a hub id or a path) adds token counts; ``plots=False``
     skips the pictures (and matplotlib). The PNGs are not part of ``mixture.json``'s ``files``.
+    ``stats`` given (the build collects them while writing) means no pass over the data here.
     Returns the scan's summary numbers (rows, seconds) for logging.
     """
     import time
@@ -574,7 +586,8 @@ def write_card(out_dir: Path, manifest: dict, tasks: dict | None = None, tokeniz
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    stats = scan(out_dir, manifest, tokenizer=tokenizer)
+    if stats is None:
+        stats = scan(out_dir, manifest, tokenizer=tokenizer)
     images = {}
     if plots:
         try:

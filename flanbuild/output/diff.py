@@ -17,7 +17,7 @@ from array import array
 from collections import Counter
 from pathlib import Path
 
-from flanbuild.output.stats import SPLITS, load_manifest, split_files
+from flanbuild.output.manifest import SPLITS, load_manifest, split_files
 
 TASK_FIELDS = ("role", "cluster", "source", "templates", "examples", "rows", "dropped", "requested", "rate")
 

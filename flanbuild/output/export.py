@@ -136,7 +136,7 @@ def export(src: Path, fmt: str = "flan", dest: Path | None = None, jsonl: bool =
 
     from flanbuild.pipeline import writer
     from flanbuild.output.card import dataset_yaml, features_yaml
-    from flanbuild.output.stats import SPLITS, load_manifest, split_files
+    from flanbuild.output.manifest import SPLITS, load_manifest, split_files
 
     started = time.perf_counter()
     log = log or (lambda msg: None)

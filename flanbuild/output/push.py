@@ -57,7 +57,7 @@ def files_to_push(out: Path, include_exports: bool = False) -> list[str]:
 
 def check_build(out: Path) -> dict:
     """The manifest of a build that is complete on disk (else FlanbuildError naming the problem)."""
-    from flanbuild.output.stats import load_manifest
+    from flanbuild.output.manifest import load_manifest
 
     manifest = load_manifest(out)
     if not (out / "README.md").is_file():

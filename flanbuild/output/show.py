@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from flanbuild.errors import FlanbuildError
-from flanbuild.output.stats import SPLITS, MixtureStats, load_manifest, scan, split_files
+from flanbuild.output.manifest import SPLITS, load_manifest, split_files
+from flanbuild.output.stats import MixtureStats, scan
 
 PLAIN_WIDTH = 140  # table width when stdout is not a terminal (pipes, logs, docs)
 

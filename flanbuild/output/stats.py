@@ -23,36 +23,11 @@ import numpy as np
 
 from flanbuild.pipeline import seeding
 from flanbuild.errors import FlanbuildError
+from flanbuild.output.manifest import SPLITS, split_files
 
-SPLITS = ("train", "eval")
 SCAN_BATCH_ROWS = 16_384
 EXAMPLES_PER_TASK = 3  # candidates kept per task; the card shows 3 per cluster
 TOKEN_SAMPLE_ROWS = 5_000  # rows per split tokenized when a tokenizer is given
-
-
-# -- reading a build ----------------------------------------------------------------------------
-
-def load_manifest(out_dir: Path) -> dict:
-    """A build's ``mixture.json``; FlanbuildError if ``out_dir`` is not a flanbuild output."""
-    path = Path(out_dir) / "mixture.json"
-    if not path.is_file():
-        raise FlanbuildError(f"{out_dir} is not a flanbuild output (no mixture.json)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise FlanbuildError(f"cannot read {path}: {e}") from None
-    if not isinstance(manifest, dict) or "files" not in manifest or "tasks" not in manifest:
-        raise FlanbuildError(f"{path} is not a flanbuild manifest (no 'files'/'tasks')")
-    return manifest
-
-
-def split_files(out_dir: Path, manifest: dict, split: str) -> list[Path]:
-    """The Parquet shards of one split, from the manifest's integrity record, checked to exist."""
-    paths = [Path(out_dir) / f["path"] for f in manifest["files"] if f["path"].startswith(f"data/{split}-")]
-    for p in paths:
-        if not p.is_file():
-            raise FlanbuildError(f"{p} is listed in mixture.json but missing; rebuild the mixture")
-    return sorted(paths)
 
 
 # -- length distributions -----------------------------------------------------------------------
@@ -161,79 +136,111 @@ def _dictionary(column) -> tuple[np.ndarray, list[str]]:
     return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), enc.dictionary.to_pylist()
 
 
+class StatsCollector:
+    """Collects :class:`MixtureStats` from the rows of each split, batch by batch, in file order.
+
+    The build feeds it the tables it writes (so the card needs no second pass over the output);
+    :func:`scan` feeds it a finished build's files. The result does not depend on batch sizes.
+    """
+
+    def __init__(self, seed: int, tokenizer: str | None = None, token_sample: int = TOKEN_SAMPLE_ROWS):
+        self.seed, self.token_sample = seed, token_sample
+        self.st = MixtureStats(tokenizer=tokenizer)
+        self._examples: dict[str, _BottomK] = {s: _BottomK(EXAMPLES_PER_TASK) for s in SPLITS}
+        self._offset = {s: 0 for s in SPLITS}
+        self._sample = {s: (np.zeros(0, np.uint64), [], []) for s in SPLITS}  # (keys, inputs, targets)
+
+    def add(self, split: str, batch) -> None:
+        """One batch (a pyarrow Table or RecordBatch in the output schema) of ``split``, in order."""
+        n = batch.num_rows
+        if n == 0:
+            return
+        pos = np.arange(self._offset[split], self._offset[split] + n, dtype=np.int64)
+        self._offset[split] += n
+        self._lengths(split, batch)
+        self._template_types(split, batch)
+        self._example_candidates(split, batch, pos)
+        if self.st.tokenizer:
+            self._token_sample(split, batch, pos)
+
+    def _lengths(self, split: str, batch) -> None:
+        import pyarrow.compute as pc
+
+        c_codes, c_names = _dictionary(batch.column("cluster"))
+        for col in ("inputs", "targets"):
+            ln = pc.utf8_length(batch.column(col)).to_numpy(zero_copy_only=False).astype(np.int64)
+            self.st.chars.setdefault((split, col), LengthDist()).add(ln)
+            # per cluster: one np.unique over (cluster, length) pairs
+            width = int(ln.max()) + 1
+            pairs, counts = np.unique(c_codes * width + ln, return_counts=True)
+            for c in np.unique(pairs // width).tolist():
+                sel = (pairs // width) == c
+                self.st.cluster_chars.setdefault((split, c_names[c], col), LengthDist()).add_counts(
+                    pairs[sel] % width, counts[sel])
+
+    def _template_types(self, split: str, batch) -> None:
+        t_codes, t_names = _dictionary(batch.column("task_name"))
+        y_codes, y_names = _dictionary(batch.column("template_type"))
+        pairs, counts = np.unique(t_codes * len(y_names) + y_codes, return_counts=True)
+        for p, cnt in zip(pairs.tolist(), counts.tolist()):
+            d = self.st.template_types.setdefault((split, t_names[p // len(y_names)]), {})
+            ttype = y_names[p % len(y_names)]
+            d[ttype] = d.get(ttype, 0) + cnt
+
+    def _example_candidates(self, split: str, batch, pos: np.ndarray) -> None:
+        """Per task, the rows with the smallest seeded keys so far."""
+        t_codes, t_names = _dictionary(batch.column("task_name"))
+        keys = seeding.index_keys(self.seed, ("card-example", split), pos)
+        order = np.lexsort((keys, t_codes))
+        first = np.concatenate([[True], t_codes[order][1:] != t_codes[order][:-1]])
+        group_start = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
+        for i in order[(np.arange(len(order)) - group_start) < EXAMPLES_PER_TASK].tolist():
+            self._examples[split].offer(t_names[t_codes[i]], int(keys[i]),
+                                        lambda i=i: batch.slice(i, 1).to_pylist()[0] | {"_position": int(pos[i])})
+
+    def _token_sample(self, split: str, batch, pos: np.ndarray) -> None:
+        """A seeded sample of rows to tokenize, the same whatever the batch boundaries."""
+        s_keys, s_in, s_tg = self._sample[split]
+        inputs, targets = batch.column("inputs"), batch.column("targets")
+        tkeys = seeding.index_keys(self.seed, ("card-tokens", split), pos)
+        take = np.argsort(tkeys, kind="stable")[:self.token_sample]
+        if len(s_keys) >= self.token_sample:  # only rows that beat the current sample
+            take = take[tkeys[take] < s_keys.max()]
+        s_keys = np.concatenate([s_keys, tkeys[take]])
+        s_in = s_in + [inputs[int(i)].as_py() for i in take]
+        s_tg = s_tg + [targets[int(i)].as_py() for i in take]
+        if len(s_keys) > self.token_sample:
+            keep = np.argsort(s_keys, kind="stable")[:self.token_sample]
+            s_keys, s_in, s_tg = s_keys[keep], [s_in[i] for i in keep], [s_tg[i] for i in keep]
+        self._sample[split] = (s_keys, s_in, s_tg)
+
+    def finish(self, manifest: dict) -> MixtureStats:
+        """The statistics, once every split has been fed in full."""
+        st = self.st
+        st.rows = dict(self._offset)
+        st.examples = _pick_examples(manifest, self._examples, self.seed)
+        if st.tokenizer:
+            encode = load_token_counter(st.tokenizer)
+            for split, (keys, s_in, s_tg) in self._sample.items():
+                order = np.argsort(keys, kind="stable").tolist()
+                st.token_sample[split] = len(order)
+                for col, texts in (("inputs", s_in), ("targets", s_tg)):
+                    st.tokens[(split, col)] = dist = LengthDist()
+                    dist.add(np.array(encode([texts[i] for i in order]), dtype=np.int64))
+        return st
+
+
 def scan(out_dir: Path, manifest: dict, *, tokenizer: str | None = None, token_sample: int = TOKEN_SAMPLE_ROWS,
          batch_rows: int = SCAN_BATCH_ROWS) -> MixtureStats:
-    """Stream both splits of a build once and collect :class:`MixtureStats`."""
-    import pyarrow.compute as pc
+    """Stream both splits of a finished build once and collect :class:`MixtureStats`."""
     import pyarrow.parquet as pq
 
-    seed = int(manifest.get("config", {}).get("seed", 0))
-    st = MixtureStats(tokenizer=tokenizer)
-    examples: dict[str, _BottomK] = {s: _BottomK(EXAMPLES_PER_TASK) for s in SPLITS}
-    sample_text: dict[str, tuple[np.ndarray, list[str], list[str]]] = {}
+    collector = StatsCollector(int(manifest["config"]["seed"]), tokenizer, token_sample)
     for split in SPLITS:
-        offset = 0
-        s_keys = np.zeros(0, np.uint64)
-        s_in: list[str] = []
-        s_tg: list[str] = []
         for path in split_files(out_dir, manifest, split):
             for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
-                n = batch.num_rows
-                if n == 0:
-                    continue
-                pos = np.arange(offset, offset + n, dtype=np.int64)
-                offset += n
-                inputs, targets = batch.column("inputs"), batch.column("targets")
-                lens = {"inputs": pc.utf8_length(inputs).to_numpy(zero_copy_only=False).astype(np.int64),
-                        "targets": pc.utf8_length(targets).to_numpy(zero_copy_only=False).astype(np.int64)}
-                c_codes, c_names = _dictionary(batch.column("cluster"))
-                t_codes, t_names = _dictionary(batch.column("task_name"))
-                y_codes, y_names = _dictionary(batch.column("template_type"))
-                for col, ln in lens.items():
-                    st.chars.setdefault((split, col), LengthDist()).add(ln)
-                    # per cluster: one np.unique over (cluster, length) pairs
-                    width = int(ln.max()) + 1
-                    pairs, counts = np.unique(c_codes * width + ln, return_counts=True)
-                    for c in np.unique(pairs // width).tolist():
-                        sel = (pairs // width) == c
-                        st.cluster_chars.setdefault((split, c_names[c], col), LengthDist()).add_counts(
-                            pairs[sel] % width, counts[sel])
-                pairs, counts = np.unique(t_codes * len(y_names) + y_codes, return_counts=True)
-                for p, cnt in zip(pairs.tolist(), counts.tolist()):
-                    d = st.template_types.setdefault((split, t_names[p // len(y_names)]), {})
-                    ttype = y_names[p % len(y_names)]
-                    d[ttype] = d.get(ttype, 0) + cnt
-                # example candidates: per task, the rows with the smallest seeded keys
-                keys = seeding.index_keys(seed, ("card-example", split), pos)
-                order = np.lexsort((keys, t_codes))
-                first = np.concatenate([[True], t_codes[order][1:] != t_codes[order][:-1]])
-                group_start = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
-                for i in order[(np.arange(len(order)) - group_start) < EXAMPLES_PER_TASK].tolist():
-                    examples[split].offer(t_names[t_codes[i]], int(keys[i]),
-                                          lambda i=i: batch.slice(i, 1).to_pylist()[0] | {"_position": int(pos[i])})
-                if tokenizer:
-                    tkeys = seeding.index_keys(seed, ("card-tokens", split), pos)
-                    take = np.argsort(tkeys, kind="stable")[:token_sample]
-                    if len(s_keys) >= token_sample:  # only rows that beat the current sample
-                        take = take[tkeys[take] < s_keys.max()]
-                    s_keys = np.concatenate([s_keys, tkeys[take]])
-                    s_in += [inputs[int(i)].as_py() for i in take]
-                    s_tg += [targets[int(i)].as_py() for i in take]
-                    if len(s_keys) > token_sample:
-                        keep = np.argsort(s_keys, kind="stable")[:token_sample]
-                        s_keys, s_in, s_tg = s_keys[keep], [s_in[i] for i in keep], [s_tg[i] for i in keep]
-        st.rows[split] = offset
-        sample_text[split] = (s_keys, s_in, s_tg)
-    st.examples = _pick_examples(manifest, examples, seed)
-    if tokenizer:
-        encode = load_token_counter(tokenizer)
-        for split, (keys, s_in, s_tg) in sample_text.items():
-            order = np.argsort(keys, kind="stable").tolist()
-            st.token_sample[split] = len(order)
-            for col, texts in (("inputs", s_in), ("targets", s_tg)):
-                st.tokens[(split, col)] = dist = LengthDist()
-                dist.add(np.array(encode([texts[i] for i in order]), dtype=np.int64))
-    return st
+                collector.add(split, batch)
+    return collector.finish(manifest)
 
 
 def _pick_examples(manifest: dict, candidates: dict[str, _BottomK], seed: int) -> dict[str, list[dict]]:

@@ -10,6 +10,7 @@ Removals are counted per task.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -69,17 +70,23 @@ class EvalIndex:
         return keep
 
 
-def filter_part(path: Path, index: EvalIndex) -> tuple[int, int]:
-    """Rewrite a rendered train part without contaminated rows (streamed); returns (kept, removed)."""
+def filter_part(path: Path, index: EvalIndex) -> tuple[int, Counter]:
+    """Rewrite a rendered train part without contaminated rows (streamed).
+
+    Returns the rows kept and the removed rows counted by (template id, template type), so that the
+    manifest's per-template numbers stay true after decontamination.
+    """
     source = pq.ParquetFile(path)
     tmp = path.with_suffix(".decontaminated")
-    kept = removed = 0
+    kept, removed = 0, Counter()
     with pq.ParquetWriter(tmp, source.schema_arrow, compression="zstd") as writer:
         for batch in source.iter_batches(batch_size=8192):
             mask = index.keep_mask(batch.column("inputs"))
             n_kept = pc.sum(mask).as_py() or 0
             kept += n_kept
-            removed += batch.num_rows - n_kept
+            if n_kept < batch.num_rows:
+                gone = pa.Table.from_batches([batch]).filter(pc.invert(mask))
+                removed.update(zip(gone.column("template_id").to_pylist(), gone.column("template_type").to_pylist()))
             writer.write_table(pa.Table.from_batches([batch]).filter(mask))
     if removed:
         tmp.replace(path)

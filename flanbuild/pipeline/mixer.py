@@ -29,7 +29,7 @@ from flanbuild.catalog.tasks import Cluster
 class MixConfig:
     """How training tasks are mixed. Rates and caps follow the FLAN paper by default."""
 
-    heldout: tuple[str, ...] = ("nli",)
+    heldout: tuple[str, ...] = ()  # clusters held out for evaluation; () = the recipe's (FLAN 2021: nli)
     extra_removals: bool = True  # FLAN's also-remove rules (e.g. NLI held out -> paraphrase removed)
     task_cap: int | None = None  # overrides every submixture's per-task example cap (0 = no cap)
     rate_cap: int | None = None  # overrides every submixture's mixing-rate cap (0 = no cap)

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -96,8 +96,13 @@ def _concatenated(parts: list[Part]) -> Iterator[pa.Table]:
                 yield pa.Table.from_batches([batch])
 
 
-def write_split(out: Path, split: str, parts: list[Part], *, interleave: bool, seed: int, shard_rows: int) -> list[DataFile]:
-    """Write one split as ``data/{split}-{i:05d}-of-{n:05d}.parquet`` (zstd), ``shard_rows`` rows each."""
+def write_split(out: Path, split: str, parts: list[Part], *, interleave: bool, seed: int, shard_rows: int,
+                observe: Callable[[str, pa.Table], None] | None = None) -> list[DataFile]:
+    """Write one split as ``data/{split}-{i:05d}-of-{n:05d}.parquet`` (zstd), ``shard_rows`` rows each.
+
+    ``observe(split, table)`` sees every table written, in order: the build collects the card's
+    statistics that way instead of reading the output a second time.
+    """
     total = sum(p.rows for p in parts)
     n_shards = max(1, -(-total // shard_rows))
     tables = _interleaved(parts, seed) if interleave else _concatenated(parts)
@@ -115,6 +120,8 @@ def write_split(out: Path, split: str, parts: list[Part], *, interleave: bool, s
                 piece = pending.slice(0, want - written)
                 pending = pending.slice(piece.num_rows)
                 writer.write_table(piece)
+                if observe is not None:
+                    observe(split, piece)
                 written += piece.num_rows
             if want == 0:
                 writer.write_table(OUTPUT_SCHEMA.empty_table())
@@ -127,14 +134,6 @@ def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()
-
-
-def fingerprint(files: list[DataFile]) -> str:
-    """One hash over the content of all data files (what `flanbuild verify` and evaluators compare)."""
-    h = hashlib.sha256()
-    for f in sorted(files, key=lambda f: f.path):
-        h.update(f"{f.path}\t{f.rows}\t{f.sha256}\n".encode())
     return h.hexdigest()
 
 
@@ -221,29 +220,3 @@ def publish(stage: Path, out: Path) -> None:
     os.rename(out, old)
     os.rename(stage, out)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def verify(out: Path) -> list[str]:
-    """Recompute the data files' hashes and compare with ``mixture.json``; returns the problems."""
-    manifest_path = out / "mixture.json"
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        recorded = [DataFile(**f) for f in manifest["files"]]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise FlanbuildError(f"not a flanbuild output (cannot read mixture.json: {e})", where=str(out)) from None
-    problems = []
-    for f in recorded:
-        path = out / f.path
-        if not path.is_file():
-            problems.append(f"{f.path}: missing")
-            continue
-        if path.stat().st_size != f.bytes or sha256_file(path) != f.sha256:
-            problems.append(f"{f.path}: content differs from mixture.json (sha256 {sha256_file(path)[:16]}..., "
-                            f"recorded {f.sha256[:16]}...)")
-        elif pq.ParquetFile(path).metadata.num_rows != f.rows:
-            problems.append(f"{f.path}: {pq.ParquetFile(path).metadata.num_rows} rows, recorded {f.rows}")
-    extra = sorted(str(p.relative_to(out)) for p in (out / "data").glob("*") if str(p.relative_to(out)) not in {f.path for f in recorded})
-    problems += [f"{p}: not in mixture.json" for p in extra]
-    if fingerprint(recorded) != manifest.get("fingerprint"):
-        problems.append("the fingerprint in mixture.json does not match its file list")
-    return problems
