@@ -123,3 +123,83 @@ def test_catalog_markdown_mirror_column(registry, tmp_path):
     table = catalog_markdown([task], [tmp_path])
     assert table.splitlines()[0].endswith("offline mirror |")
     assert table.splitlines()[-1].endswith("| train |")
+
+
+# --- FLAN's train[-N:] carves, one copy per dataset ---------------------------------------------------
+
+def _carve_catalog(root, last=3):
+    from conftest import TEMPLATES_GEN, write, write_jsonl
+
+    write(root / "tasks" / "clusters.yaml", "clusters:\n  toy_gen:\n    title: Toy generation\n")
+    write(root / "tasks" / "carve_a.yaml", f"""
+        name: carve_a
+        cluster: toy_gen
+        source:
+          files: {{train: data/carve_a.jsonl}}
+          splits: {{train: train, eval: {{from: train, last: {last}}}}}
+        fields:
+          text: text
+        type: generation
+        answer: text
+        """)
+    write(root / "templates" / "carve_a.yaml", TEMPLATES_GEN.format(name="carve_a"))
+    write_jsonl(root / "data" / "carve_a.jsonl", [{"text": f"row {i}"} for i in range(10)])
+
+
+def test_eval_carve_is_the_last_rows_and_training_never_sees_them(tmp_path):
+    from flanbuild.catalog.registry import Registry
+    from flanbuild.sources.loader import load_split, source_overlaps
+
+    _carve_catalog(tmp_path)
+    registry = Registry()
+    registry.load_catalog(tmp_path)
+    task = registry.task("carve_a")
+    assert task.source.splits == {"train": "train[:-3]", "eval": "train[-3:]"}  # what mixture.json records
+    train, evals = (load_split(task, role, []) for role in ("train", "eval"))
+    rows = lambda split: [r["text"] for b in split.batches() for r in b.to_pylist()]  # noqa: E731
+    assert rows(evals) == ["row 7", "row 8", "row 9"] and rows(train) == [f"row {i}" for i in range(7)]
+    assert rows(load_split(task, "eval", [])) == rows(evals)  # deterministic
+    # example ids stay distinct: carve_a/train[-3:]/0 is not carve_a/train[:-3]/0
+    assert task.source.split_name("eval") != task.source.split_name("train")
+    assert source_overlaps({"carve_a": (task, "train")}) == []
+
+
+def test_bad_carve_is_rejected(tmp_path):
+    from flanbuild.catalog.registry import Registry
+    from flanbuild.errors import FlanbuildError
+
+    _carve_catalog(tmp_path, last=0)
+    with pytest.raises(FlanbuildError, match="carve"):
+        Registry().load_catalog(tmp_path)
+
+
+def test_duplicate_sources_are_named(registry):
+    from flanbuild.sources.loader import source_overlaps
+
+    t = registry.tasks
+    msgs = source_overlaps({"glue_rte": (t["glue_rte"], "train"), "super_glue_rte": (t["super_glue_rte"], "train")})
+    assert len(msgs) == 1 and "glue_rte" in msgs[0] and "super_glue_rte" in msgs[0]
+    msgs = source_overlaps({"mnli_matched": (t["mnli_matched"], "train"), "mnli_mismatched": (t["mnli_mismatched"], "train")})
+    assert len(msgs) == 1 and "nyu-mll/glue/mnli/train" in msgs[0]
+    assert source_overlaps({"mnli_matched": (t["mnli_matched"], "eval"), "mnli_mismatched": (t["mnli_mismatched"], "eval")}) == []
+
+
+@pytest.mark.parametrize("recipe_name", ["flan2021", "flan2022"])
+def test_flan_recipes_use_one_copy_of_each_dataset(registry, recipe_name):
+    """The default mixture (NLI held out, FLAN's extra removals) reads no source row twice."""
+    from flanbuild.catalog.recipes import load_recipe
+    from flanbuild.sources.loader import source_overlaps
+
+    recipe = load_recipe(recipe_name)
+    held = set(recipe.heldout)
+    removed = {c for h in held for c in registry.clusters[h].also_remove} - held
+    selected = {}
+    for name, task in registry.tasks.items():
+        if any(s.selects(name, task.cluster, task.provider) for s in recipe.submixtures) and task.cluster not in removed:
+            selected[name] = (task, "eval" if task.cluster in held else "train")
+    overlaps = source_overlaps(selected)
+    if recipe_name == "flan2022":  # fix_punct reformats GSM8K questions that the CoT submixture also trains on
+        overlaps = [m for m in overlaps if "fix_punct" not in m]
+    assert overlaps == []
+    for dup in ("glue_rte", "super_glue_boolq", "wsc273", "wsc285"):
+        assert dup not in selected and registry.tasks[dup].duplicates

@@ -27,11 +27,13 @@ class Submixture:
     clusters: tuple[str, ...] = ()  # only these clusters (empty = any)
     exclude_clusters: tuple[str, ...] = ()
     tasks: tuple[str, ...] = ()  # only these tasks (empty = any)
+    exclude_tasks: tuple[str, ...] = ()  # never these (e.g. the second copy of a dataset)
     source: str = "catalog"  # catalog | niv2 | promptsource
 
     def selects(self, task_name: str, cluster: str, source: str) -> bool:
         return (source == self.source and (not self.clusters or cluster in self.clusters)
-                and cluster not in self.exclude_clusters and (not self.tasks or task_name in self.tasks))
+                and cluster not in self.exclude_clusters and (not self.tasks or task_name in self.tasks)
+                and task_name not in self.exclude_tasks)
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def load_recipe(name_or_file: str) -> Recipe:
 
 
 _RECIPE_KEYS = {"name", "description", "submixtures", "prompt", "heldout", "decontaminate"}
-_SUB_KEYS = {"name", "weight", "task_cap", "rate_cap", "clusters", "exclude_clusters", "tasks", "source"}
+_SUB_KEYS = {"name", "weight", "task_cap", "rate_cap", "clusters", "exclude_clusters", "tasks", "exclude_tasks", "source"}
 
 
 def _check_keys(obj: Any, allowed: set[str], what: str, loc: str) -> dict:
@@ -125,7 +127,8 @@ def parse_recipe(doc: Any, path: Path) -> Recipe:
                 name=str(entry["name"]), weight=float(entry.get("weight", 1.0)),
                 task_cap=int(entry.get("task_cap", 30_000)), rate_cap=int(entry.get("rate_cap", 0)),
                 clusters=tuple(entry.get("clusters") or ()), exclude_clusters=tuple(entry.get("exclude_clusters") or ()),
-                tasks=tuple(entry.get("tasks") or ()), source=str(entry.get("source", "catalog")),
+                tasks=tuple(entry.get("tasks") or ()), exclude_tasks=tuple(entry.get("exclude_tasks") or ()),
+                source=str(entry.get("source", "catalog")),
             )
         except (TypeError, ValueError) as e:
             raise FlanbuildError(f"submixture {entry['name']}: {e}", where=loc) from None

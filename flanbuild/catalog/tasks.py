@@ -27,9 +27,21 @@ SPLIT_ROLES = ("train", "eval")
 METRICS = ("accuracy", "exact_match", "f1", "rouge", "bleu")
 _CARD_KEYS = {
     "name", "cluster", "subcluster", "description", "homepage", "license", "source", "features",
-    "fields", "filter", "type", "options", "answer", "metric", "examples",
+    "fields", "filter", "type", "options", "answer", "metric", "examples", "duplicates",
 }
-_SOURCE_KEYS = {"hub", "config", "splits", "files", "revision", "manual"}
+_SOURCE_KEYS = {"hub", "config", "splits", "files", "revision", "manual", "mirror_id"}
+_CARVE_KEYS = {"from", "last"}
+# A source split name, optionally with a slice in TFDS/FLAN notation: "train", "train[-1000:]" (the last
+# 1000 rows), "train[:-1000]" (all but the last 1000 rows).
+SLICE_RE = re.compile(r"^(?P<name>[^\[\]]+?)(?:\[(?:(?P<last>-\d+):|:(?P<head>-\d+))\])?$")
+
+
+def parse_slice(split: str) -> tuple[str, int | None, int | None]:
+    """``name[-N:]`` -> (name, -N, None); ``name[:-N]`` -> (name, None, -N); ``name`` -> (name, None, None)."""
+    m = SLICE_RE.match(split)
+    if not m:
+        raise FlanbuildError(f"invalid split {split!r} (use a split name, name[-N:] or name[:-N])")
+    return m["name"], (int(m["last"]) if m["last"] else None), (int(m["head"]) if m["head"] else None)
 _REQUIRED = ("name", "cluster", "source", "fields", "type", "answer")
 
 
@@ -50,13 +62,28 @@ class Source:
     config: str = "default"
     splits: dict[str, str] = field(default_factory=dict)  # role (train/eval) -> source split name
     files: dict[str, str] = field(default_factory=dict)  # role -> local Parquet/JSONL/CSV path
-    revision: str | None = None
+    revision: str | None = None  # hub revision passed to datasets.load_dataset (e.g. refs/convert/parquet)
     manual: str | None = None  # how to get the data when the hub has no plain copy
+    mirror_id: str | None = None  # where a local mirror keeps this source when not under hub id/config:
+    #                               "<old hub id>" or "<old hub id>/<config>"
     tables: dict[str, Any] = field(default_factory=dict)  # role -> in-memory pyarrow Table (Python API, NIv2)
 
     def split_name(self, role: str) -> str:
-        """The source split behind a role (used in example ids)."""
+        """The source split behind a role, with its slice if carved (used in example ids and mixture.json)."""
         return self.splits.get(role, role)
+
+    def base_split(self, role: str) -> str:
+        """The source split name behind a role, without a carve slice (what a mirror or the hub calls it)."""
+        return parse_slice(self.splits.get(role, role))[0]
+
+    def mirror_location(self) -> tuple[str, str]:
+        """(hub id, config) under which a local mirror keeps this source."""
+        if self.mirror_id:
+            parts = self.mirror_id.strip("/").split("/")
+            if len(parts) == 3:
+                return "/".join(parts[:2]), parts[2]
+            return self.mirror_id, self.config
+        return self.hub or "", self.config
 
 
 @dataclass(frozen=True)
@@ -79,6 +106,7 @@ class Task:
     homepage: str | None = None
     license: str | None = None
     examples: tuple[dict, ...] = ()
+    duplicates: tuple[str, ...] = ()  # tasks whose source rows this task repeats (FLAN recipes use one copy)
     origin: str = ""  # the card file, for error messages
     provider: str = "catalog"  # catalog | niv2 | promptsource: which submixtures can select the task
 
@@ -141,6 +169,10 @@ def _parse_source(obj: Any, path: Path, doc: LineDict, catalog_dir: Path) -> Sou
     for name, mapping in (("splits", splits), ("files", files)):
         if not isinstance(mapping, dict) or set(mapping) - set(SPLIT_ROLES):
             raise FlanbuildError(f"source.{name} maps the roles train/eval to a name or path", where=loc)
+    splits = _resolve_splits(splits, loc)
+    mirror_id = obj.get("mirror_id")
+    if mirror_id is not None and (not isinstance(mirror_id, str) or not 2 <= len(mirror_id.strip("/").split("/")) <= 3):
+        raise FlanbuildError("source.mirror_id must be '<hub id>' or '<hub id>/<config>'", where=loc)
     resolved = {}
     for role, rel in files.items():  # a card may only point inside its own catalog directory
         path = (catalog_dir / str(rel)).resolve()
@@ -152,12 +184,64 @@ def _parse_source(obj: Any, path: Path, doc: LineDict, catalog_dir: Path) -> Sou
     config = obj.get("config", "default")
     return Source(
         hub=obj.get("hub"), config=str(config), splits={k: str(v) for k, v in splits.items()},
-        files=files, revision=obj.get("revision"), manual=obj.get("manual"),
+        files=files, revision=obj.get("revision"), manual=obj.get("manual"), mirror_id=mirror_id,
     )
+
+
+def _resolve_splits(splits: dict, loc: str) -> dict[str, str]:
+    """Role -> split name, with FLAN's ``train[-N:]`` carves written out as slices.
+
+    ``eval: {from: train, last: N}`` makes eval the last N rows of the source split ``train``; the role that
+    reads the same source split for training then reads all but those N rows (``train[:-N]``), so training
+    never sees a carved eval row.
+    """
+    out: dict[str, str] = {}
+    carves: dict[str, int] = {}
+    for role, spec in splits.items():
+        if isinstance(spec, dict):
+            if set(spec) != _CARVE_KEYS or not isinstance(spec["last"], int) or isinstance(spec["last"], bool) \
+                    or spec["last"] < 1 or not isinstance(spec["from"], str):
+                raise FlanbuildError(f"source.splits.{role}: a carve is {{from: <split>, last: <rows, >= 1>}}", where=loc)
+            out[role] = f"{spec['from']}[-{spec['last']}:]"
+            carves[spec["from"]] = spec["last"]
+        else:
+            out[role] = str(spec)
+            try:
+                parse_slice(out[role])
+            except FlanbuildError as e:
+                raise FlanbuildError(f"source.splits.{role}: {e}", where=loc) from None
+    for role, split in out.items():
+        if split in carves:
+            out[role] = f"{split}[:-{carves[split]}]"
+    return out
 
 
 def parse_card(doc: Any, path: Path, catalog_dir: Path, templates: tuple[Template, ...] = ()) -> Task:
     """Validate one task card; every problem is reported with file and line."""
+    name = _check_header(doc, path)
+    fields = _parse_fields(doc, path, name)
+    answer = _check_expression(doc["answer"], f"task {name}: answer", where(path, doc, "answer"))
+    flt = doc.get("filter")
+    if flt is not None:
+        _check_expression(flt, f"task {name}: filter", where(path, doc, "filter"))
+    metric = doc.get("metric", "")
+    if metric and metric not in METRICS:
+        raise FlanbuildError(f"task {name}: unknown metric {metric!r} (one of {', '.join(METRICS)})",
+                             where=where(path, doc, "metric"))
+    features = None
+    if doc.get("features") is not None:
+        features = schema.parse_features(doc["features"], where(path, doc, "features"))
+    return Task(
+        name=name, cluster=str(doc["cluster"]), source=_parse_source(doc["source"], path, doc, catalog_dir),
+        fields=fields, type=doc["type"], answer=answer, templates=templates, options=_parse_options(doc, path, name),
+        filter=flt, features=features, metric=metric, subcluster=doc.get("subcluster"),
+        description=str(doc.get("description") or "").strip(), homepage=doc.get("homepage"), license=doc.get("license"),
+        examples=_parse_examples(doc, path, name), duplicates=_parse_duplicates(doc, path, name), origin=str(path),
+    )
+
+
+def _check_header(doc: Any, path: Path) -> str:
+    """Known keys, required keys, the name and the type; returns the task name."""
     if not isinstance(doc, LineDict):
         raise FlanbuildError("a task card must be a YAML mapping", where=str(path))
     unknown = set(doc) - _CARD_KEYS
@@ -175,6 +259,10 @@ def parse_card(doc: Any, path: Path, catalog_dir: Path, templates: tuple[Templat
     if doc["type"] not in ("classification", "generation"):
         raise FlanbuildError(f"task {name}: type must be classification or generation, got {doc['type']!r}",
                              where=where(path, doc, "type"))
+    return name
+
+
+def _parse_fields(doc: LineDict, path: Path, name: str) -> dict[str, str]:
     fields = doc["fields"]
     if not isinstance(fields, dict) or not fields:
         raise FlanbuildError(f"task {name}: 'fields' must map field names to expressions", where=where(path, doc, "fields"))
@@ -185,40 +273,42 @@ def parse_card(doc: Any, path: Path, catalog_dir: Path, templates: tuple[Templat
         if fname in CONTEXT_NAMES:
             raise FlanbuildError(f"task {name}: field name {fname!r} is reserved ({', '.join(sorted(CONTEXT_NAMES))})", where=loc)
         _check_expression(expr, f"task {name}: field {fname!r}", loc)
-    answer = _check_expression(doc["answer"], f"task {name}: answer", where(path, doc, "answer"))
-    flt = doc.get("filter")
-    if flt is not None:
-        _check_expression(flt, f"task {name}: filter", where(path, doc, "filter"))
+    return {str(k): str(v) for k, v in fields.items()}
+
+
+def _parse_options(doc: LineDict, path: Path, name: str) -> tuple[str, ...] | str | None:
     options = doc.get("options")
-    if doc["type"] == "generation" and options is not None:
-        raise FlanbuildError(f"task {name}: a generation task has no options", where=where(path, doc, "options"))
-    if isinstance(options, list):
-        if not options or not all(isinstance(o, (str, int, float)) and str(o).strip() for o in options):
-            raise FlanbuildError(f"task {name}: options must be a non-empty list of non-empty strings",
-                                 where=where(path, doc, "options"))
-        if len({str(o) for o in options}) != len(options):
-            raise FlanbuildError(f"task {name}: options must be distinct", where=where(path, doc, "options"))
-        options = tuple(str(o) for o in options)
-    elif options is not None:
-        options = _check_expression(options, f"task {name}: options", where(path, doc, "options"))
-    metric = doc.get("metric", "")
-    if metric and metric not in METRICS:
-        raise FlanbuildError(f"task {name}: unknown metric {metric!r} (one of {', '.join(METRICS)})",
-                             where=where(path, doc, "metric"))
-    features = None
-    if doc.get("features") is not None:
-        features = schema.parse_features(doc["features"], where(path, doc, "features"))
+    loc = where(path, doc, "options")
+    if options is None:
+        return None
+    if doc["type"] == "generation":
+        raise FlanbuildError(f"task {name}: a generation task has no options", where=loc)
+    if not isinstance(options, list):
+        return _check_expression(options, f"task {name}: options", loc)
+    if not options or not all(isinstance(o, (str, int, float)) and str(o).strip() for o in options):
+        raise FlanbuildError(f"task {name}: options must be a non-empty list of non-empty strings", where=loc)
+    if len({str(o) for o in options}) != len(options):
+        raise FlanbuildError(f"task {name}: options must be distinct", where=loc)
+    return tuple(str(o) for o in options)
+
+
+def _parse_examples(doc: LineDict, path: Path, name: str) -> tuple[dict, ...]:
     examples = doc.get("examples") or []
     if not isinstance(examples, list) or not all(isinstance(e, dict) for e in examples):
         raise FlanbuildError(f"task {name}: 'examples' must be a list of rows (mappings)", where=where(path, doc, "examples"))
-    return Task(
-        name=name, cluster=str(doc["cluster"]), source=_parse_source(doc["source"], path, doc, catalog_dir),
-        fields={str(k): str(v) for k, v in fields.items()}, type=doc["type"], answer=answer,
-        templates=templates, options=options, filter=flt, features=features, metric=metric,
-        subcluster=doc.get("subcluster"), description=str(doc.get("description") or "").strip(),
-        homepage=doc.get("homepage"), license=doc.get("license"),
-        examples=tuple(_plain(e) for e in examples), origin=str(path),
-    )
+    return tuple(_plain(e) for e in examples)
+
+
+def _parse_duplicates(doc: LineDict, path: Path, name: str) -> tuple[str, ...]:
+    """``duplicates: other_task`` (or a list): this card's source rows are (a subset of) those tasks' rows."""
+    dup = doc.get("duplicates")
+    if dup is None:
+        return ()
+    names = [dup] if isinstance(dup, str) else dup
+    if not isinstance(names, list) or not all(isinstance(n, str) and NAME_RE.match(n) and n != name for n in names):
+        raise FlanbuildError(f"task {name}: 'duplicates' names another task (or a list of them)",
+                             where=where(path, doc, "duplicates"))
+    return tuple(names)
 
 
 def _plain(obj: Any) -> Any:

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from flanbuild.catalog import schema
 from flanbuild.errors import FlanbuildError
-from flanbuild.catalog.tasks import Task
+from flanbuild.catalog.tasks import Task, parse_slice
 
 BATCH_ROWS = 2048
 
@@ -47,9 +47,22 @@ class SplitData:
     parquet_files: list[Path] = field(default_factory=list)
     arrow_files: list[Path] = field(default_factory=list)  # the datasets cache (Arrow IPC streams, memory-mapped)
     table: pa.Table | None = None  # small in-memory data (local JSONL/CSV, NIv2, the Python API)
+    start: int = 0  # a row window over the data (a carve such as train[-1000:]); rows are numbered from start
+    stop: int | None = None
 
     @property
     def num_rows(self) -> int:
+        total = self._raw_num_rows()
+        return max(0, min(total, self.stop if self.stop is not None else total) - self.start)
+
+    def window(self, start: int, stop: int | None) -> "SplitData":
+        """The same data restricted to rows [start, stop) (negative = from the end), as a new SplitData."""
+        total = self._raw_num_rows()
+        lo = max(0, start + total if start < 0 else start)
+        hi = total if stop is None else max(lo, stop + total if stop < 0 else min(stop, total))
+        return SplitData(self.origin, self.features, self.parquet_files, self.arrow_files, self.table, lo, hi)
+
+    def _raw_num_rows(self) -> int:
         if self.table is not None:
             return self.table.num_rows
         if self.arrow_files:
@@ -63,6 +76,8 @@ class SplitData:
     def fingerprint(self) -> str:
         """Identifies the data for the render cache: file identities (path, size, mtime), or the content."""
         h = hashlib.sha256(json.dumps(self.features, sort_keys=True).encode())
+        if self.start or self.stop is not None:
+            h.update(f"window {self.start}:{self.stop}\n".encode())
         for path in (*self.parquet_files, *self.arrow_files):
             st = Path(path).stat()
             h.update(f"{Path(path).resolve()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
@@ -74,6 +89,19 @@ class SplitData:
         return h.hexdigest()
 
     def _batches_from(self, start: int, batch_rows: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """(offset, batch) pairs from the batch holding row ``start`` on, numbered within the window."""
+        lo, hi = self.start, self.stop
+        for offset, batch in self._raw_batches_from(lo + start, batch_rows):
+            end = offset + batch.num_rows
+            if hi is not None and offset >= hi:
+                return
+            cut_lo, cut_hi = max(lo, offset), end if hi is None else min(hi, end)
+            if cut_lo > offset or cut_hi < end:
+                batch = batch.slice(cut_lo - offset, cut_hi - cut_lo)
+            if batch.num_rows:
+                yield cut_lo - lo, batch
+
+    def _raw_batches_from(self, start: int, batch_rows: int) -> Iterator[tuple[int, pa.RecordBatch]]:
         """(offset, batch) pairs from the batch holding row ``start`` on, skipping what lies before it
         without reading it (Parquet row groups by their metadata, tables by zero-copy slicing)."""
         offset = 0
@@ -175,18 +203,33 @@ def load_split(task: Task, role: str, data_dirs: list[Path], allow_hub: bool = T
     if role in src.tables:
         table = src.tables[role]
         return SplitData(f"memory:{task.name}/{role}", features_of(table.schema), table=table)
-    if role in src.files:
+    if role in src.files and role not in src.splits:
         return read_local_file(Path(src.files[role]))
     if role not in src.splits:
         note = f" ({src.manual})" if src.manual and not src.hub else ""
         raise DataNotFound(f"the card maps no source split to '{role}'{note}")
-    split = src.splits[role]
+    split, last, head = parse_slice(src.splits[role])
+    data = _load_whole_split(task, role, split, data_dirs, allow_hub)
+    if last is not None:  # a carve: the last N rows (FLAN's train[-N:])
+        return data.window(last, None)
+    if head is not None:  # what a carve leaves: all but the last N rows
+        return data.window(0, head)
+    return data
+
+
+def _load_whole_split(task: Task, role: str, split: str, data_dirs: list[Path], allow_hub: bool) -> SplitData:
+    """A whole source split: the card's file for it, a mirror (under mirror_id if given), or the hub."""
+    src = task.source
+    for r, path in src.files.items():  # a carve reads the file of the role whose split it slices
+        if r == role or src.base_split(r) == split:
+            return read_local_file(Path(path))
     if not src.hub:
         raise DataNotFound(f"no file for '{role}' and no hub id")
+    hub_id, config = src.mirror_location()
     for data_dir in data_dirs:
-        paths = find_in_mirror(data_dir, src.hub, src.config, split)
+        paths = find_in_mirror(data_dir, hub_id, config, split)
         if paths:
-            return _parquet_split(paths, f"mirror:{src.hub}/{src.config}/{split}")
+            return _parquet_split(paths, f"mirror:{hub_id}/{config}/{split}")
     if not allow_hub:
         raise DataNotFound(f"{src.hub}/{src.config}/{split} is not in the local mirror")
     try:
@@ -194,10 +237,10 @@ def load_split(task: Task, role: str, data_dirs: list[Path], allow_hub: bool = T
     except DataNotFound:  # the last resort: the embedded sample (flanbuild/sample, redistributable data only)
         from flanbuild.sources import sample
 
-        paths = sample.find(src.hub, src.config, split)
+        paths = sample.find(hub_id, config, split)
         if not paths:
             raise
-        return _parquet_split(paths, f"{sample.ORIGIN_PREFIX}{src.hub}/{src.config}/{split}")
+        return _parquet_split(paths, f"{sample.ORIGIN_PREFIX}{hub_id}/{config}/{split}")
 
 
 def _load_from_hub(task: Task, split: str, data_dirs: list[Path]) -> SplitData:
@@ -278,3 +321,40 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DATASETS_VERBOSITY", "error")
+
+
+def source_key(task: Task, role: str) -> tuple[str, str, str, str] | None:
+    """(source, config, split, part) identifying the rows a task reads for a role; part is ``all``, ``head``
+    (all but a carve) or ``tail`` (a carve). None for in-memory tables (NIv2, the Python API)."""
+    src = task.source
+    if role in src.tables:
+        return None
+    if role in src.files and role not in src.splits:
+        return (f"file:{Path(src.files[role]).resolve()}", "", "", "all")
+    if role not in src.splits:
+        return None
+    split, last, head = parse_slice(src.splits[role])
+    part = "tail" if last is not None else "head" if head is not None else "all"
+    for r, path in src.files.items():
+        if r == role or src.base_split(r) == split:
+            return (f"file:{Path(path).resolve()}", "", split, part)
+    return (src.hub or "", src.config, split, part)
+
+
+def source_overlaps(selected: dict[str, tuple[Task, str]]) -> list[str]:
+    """Pairs of selected tasks (name -> (task, role)) that would put the same source rows into one build:
+    the same source split read twice (unless one reads a carve and the other what it leaves), or a task
+    together with one its card says it duplicates. One message per pair, naming both tasks."""
+    problems = []
+    names = sorted(selected)
+    keys = {n: source_key(*selected[n]) for n in names}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            ka, kb = keys[a], keys[b]
+            if ka and kb and ka[:3] == kb[:3] and (ka[3] == kb[3] or "all" in (ka[3], kb[3])):
+                problems.append(f"tasks {a} ({selected[a][1]}) and {b} ({selected[b][1]}) both read "
+                                f"{ka[0]}/{ka[1]}/{ka[2]}: the same source rows would enter the build twice")
+            elif b in selected[a][0].duplicates or a in selected[b][0].duplicates:
+                problems.append(f"tasks {a} ({selected[a][1]}) and {b} ({selected[b][1]}) are copies of the same "
+                                f"dataset (card 'duplicates'): its rows would enter the build twice")
+    return problems
