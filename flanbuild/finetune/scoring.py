@@ -212,6 +212,24 @@ def _score_group_seq2seq(model, prompt: list[int], conts: list[list[int]], pad: 
     return [float(x) for x in per_row]
 
 
+def _is_prefix_tuning(model) -> bool:
+    cfg = getattr(model, "peft_config", None)
+    return bool(cfg) and any(str(getattr(c, "peft_type", "")).endswith("PREFIX_TUNING") for c in cfg.values())
+
+
+def _greedy_no_cache(model, prompt: list[int], max_new: int, eos: set, dev) -> list[int]:
+    ids = list(prompt)
+    new: list[int] = []
+    for _ in range(max_new):
+        logits = model(input_ids=torch.tensor([ids], device=dev), use_cache=False).logits
+        nxt = int(logits[0, -1].argmax())
+        if nxt in eos:
+            break
+        new.append(nxt)
+        ids.append(nxt)
+    return new
+
+
 def can_share_prefix(model) -> bool:
     """Prefix sharing needs a plain model or a LoRA-style adapter (virtual tokens change the input)."""
     from flanbuild.finetune.adapters import is_prompt_learning
@@ -283,6 +301,15 @@ def greedy_generate(model, codec: Codec, prompts: list[list[int]], max_new_token
     n = len(prompts)
     order = sorted(range(n), key=lambda i: -len(prompts[i]))
     out = [""] * n
+    if codec.kind != SEQ2SEQ and _is_prefix_tuning(model):
+        # peft passes the learned prefix as past_key_values, which generate()'s own cache overrides in
+        # transformers 5: decode step by step without a cache instead (slower, correct)
+        for i in order:
+            out[i] = tok.decode(_greedy_no_cache(model, prompts[i], max_new_tokens, set(eos), dev),
+                                skip_special_tokens=True).strip()
+            if progress is not None:
+                progress.update(1)
+        return out
     for s in range(0, n, batch_size):
         chunk = order[s : s + batch_size]
         seqs = [prompts[i] for i in chunk]
