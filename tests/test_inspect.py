@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flanbuild.builder import BuildConfig, build
-from flanbuild.cli.output_commands import add_parsers, main
+from flanbuild.cli.main import main, make_parser
 from flanbuild.pipeline.mixer import MixConfig
 from flanbuild.pipeline.progress import Progress
 
@@ -220,25 +220,22 @@ def test_progress_rich_on_a_terminal():
 
 # -- CLI wiring and laziness ----------------------------------------------------------------------
 
-def test_add_parsers_registers_commands_with_handlers():
-    parser = argparse.ArgumentParser(prog="flanbuild")
-    sub = parser.add_subparsers(dest="command")
-    add_parsers(sub)
+def test_every_command_is_registered_with_a_handler_and_the_common_options():
+    parser = make_parser()
     for argv in (["stats", "o"], ["show", "o", "-n", "2"], ["diff", "a", "b"], ["export", "o", "--format", "chat"],
-                 ["push", "o", "me/x", "--private"], ["card", "o"]):
-        args = parser.parse_args(argv)
-        assert callable(args.func)
+                 ["push", "o", "me/x", "--private"], ["card", "o"], ["tasks"], ["verify", "o"], ["lint"]):
+        args = parser.parse_args(argv + ["--catalog", "c", "--quiet", "--debug"])
+        assert callable(args.func) and args.catalog == ["c"] and args.quiet and args.debug
     args = parser.parse_args(["export", "o", "--format", "prompt-completion", "--separator", "\\n\\nA: "])
     assert args.separator == "\n\nA: " and args.dest is None
     with pytest.raises(SystemExit):
         parser.parse_args(["export", "o", "--format", "sharegpt"])
 
 
-def test_ecosystem_cli_import_is_light():
-    code = ("import sys, argparse, flanbuild.cli.output_commands as e; p = argparse.ArgumentParser(); "
-            "e.add_parsers(p.add_subparsers()); "
+def test_cli_parser_import_is_light():
+    code = ("import sys, flanbuild.cli.main as m; m.make_parser(); "
             "print(sorted(m for m in ('rich', 'matplotlib', 'datasets', 'trl', 'huggingface_hub', 'torch', 'pyarrow', "
-            "'transformers') if m in sys.modules))")
+            "'transformers', 'jinja2', 'numpy') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"

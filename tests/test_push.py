@@ -12,7 +12,7 @@ import pytest
 
 from flanbuild.builder import BuildConfig, build
 from flanbuild.output.card import write_card
-from flanbuild.cli.output_commands import main
+from flanbuild.cli.main import main
 from flanbuild.errors import FlanbuildError
 from flanbuild.pipeline.mixer import MixConfig
 from flanbuild.output.push import files_to_push, push

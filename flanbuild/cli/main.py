@@ -1,188 +1,24 @@
-"""The ``flanbuild`` command line. Heavy modules are imported inside the commands, so --help is instant."""
+"""The ``flanbuild`` command line: one parser, one error policy, one set of exit codes.
+
+Every sub-command is registered here from the module that implements it (``data_commands``,
+``output_commands``, ``flanbuild.finetune.cli``) and shares the same common options. ``main`` is the
+only place that turns exceptions into exit codes:
+
+* a user mistake (``FlanbuildError`` and its subclasses) prints one line, ``flanbuild: error: ...``,
+  and exits with the error's ``exit_code`` (2 unless the error says otherwise);
+* an ``OSError`` (disk full, permissions) is the user's environment: one line, exit 2;
+* Ctrl-C exits 130; anything else is a bug in flanbuild and keeps its traceback.
+``--debug`` adds the traceback to the one line.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shlex
 import sys
 import traceback
-from pathlib import Path
 
-from flanbuild.cli.argtypes import csv as _csv, int_at_least, weight as _weight
-from flanbuild.errors import FlanbuildError
+from flanbuild.errors import FlanbuildError, one_line
 
-_nonneg_int = int_at_least(0)
-
-
-def _data_dirs(args) -> list[Path]:
-    from flanbuild.builder import BuildConfig
-
-    return [Path(d) for d in args.data_dir] if args.data_dir else list(BuildConfig.data_dirs_from_env())
-
-
-def _registry(args):
-    from flanbuild.builder import load_registry
-
-    return load_registry(tuple(Path(c) for c in args.catalog))
-
-
-
-
-# -- commands -----------------------------------------------------------------------------------
-
-def cmd_tasks(args) -> int:
-    registry = _registry(args)
-    if args.cluster:
-        registry.check_clusters([args.cluster])
-    tasks = [t for _, t in sorted(registry.tasks.items()) if not args.cluster or t.cluster == args.cluster]
-    rows = [{
-        "name": t.name, "cluster": t.cluster, "subcluster": t.subcluster, "type": t.type,
-        "templates": len(t.templates), "inverted": sum(tp.inverted for tp in t.templates),
-        "hub": t.source.hub, "config": t.source.config, "splits": t.source.splits, "metric": t.metric,
-        "manual": t.source.manual,
-    } for t in tasks]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    if args.markdown:
-        print(catalog_markdown(tasks, _data_dirs(args)))
-        return 0
-    width = max([len(r["name"]) for r in rows] + [4])
-    print(f"{'task':{width}}  {'cluster':34}  {'type':14}  tpl  inv  source")
-    for r in rows:
-        src = f"{r['hub']}/{r['config']}" if r["hub"] else "local files"
-        print(f"{r['name']:{width}}  {r['cluster']:34}  {r['type']:14}  {r['templates']:3}  {r['inverted']:3}  {src}")
-    print(f"{len(rows)} tasks in {len({r['cluster'] for r in rows})} clusters", file=sys.stderr)
-    return 0
-
-
-def catalog_markdown(tasks, data_dirs: list[Path] | None = None) -> str:
-    """The catalog table of README.md: task, cluster, hub id, splits, templates.
-
-    The README copy is made without data dirs so that it does not change when a mirror gains data;
-    with data dirs, a last column says which splits they hold.
-    """
-    from flanbuild.sources.loader import find_in_mirror
-
-    head = "| task | cluster | hub id / config | splits | templates (inverted) |"
-    lines = [head + (" offline mirror |" if data_dirs else ""), "|---" * (5 + bool(data_dirs)) + "|"]
-    for t in tasks:
-        src = t.source
-        splits = ", ".join(f"{role}: `{split}`" for role, split in src.splits.items())
-        if src.manual:
-            splits += " (manual download)"
-        cluster = t.cluster + (f" / {t.subcluster}" if t.subcluster else "")
-        line = (f"| {t.name} | {cluster} | `{src.hub}` / `{src.config}` | {splits} | {len(t.templates)} "
-                f"({sum(tp.inverted for tp in t.templates)}) |")
-        if data_dirs:
-            have = [role for role, split in src.splits.items()
-                    if src.hub and any(find_in_mirror(d, src.hub, src.config, split) for d in data_dirs)]
-            line += f" {', '.join(have) or 'no'} |"
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def cmd_render(args) -> int:
-    import numpy as np
-
-    from flanbuild.pipeline.examples import ExampleMapper, valid_indices
-    from flanbuild.pipeline.render import render_template, template_type
-    from flanbuild.sources.loader import DataNotFound, load_split
-
-    if args.offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-    task = _registry(args).task(args.task)
-    templates = [task.template(args.template)] if args.template is not None else sorted(task.templates, key=lambda t: t.id)
-    try:
-        split = load_split(task, args.split, _data_dirs(args))
-    except DataNotFound as e:
-        raise FlanbuildError(f"task {task.name}: no {args.split} data: {e}") from None
-    mapper = ExampleMapper(task, split.features)
-    indices = valid_indices(task, split)[: args.n]
-    for chunk, rows in split.rows(np.asarray(indices)):
-        for idx, row in zip(chunk, rows):
-            example = mapper(row, f"row {idx} of {split.origin}")
-            if example is None:
-                continue
-            print(f"=== {task.name}/{task.source.split_name(args.split)}/{idx}  ({split.origin})")
-            for t in templates:
-                show = t.shows_options and not args.no_options
-                inp, tgt = render_template(task, t, example, show)
-                kind = template_type(task, t, show) + (", inverted" if t.inverted else "")
-                print(f"--- template {t.id} ({kind})")
-                print(inp)
-                print(f">>> {tgt}")
-            print()
-    return 0
-
-
-def cmd_lint(args) -> int:
-    from flanbuild.lint import lint
-
-    registry = _registry(args)
-    problems, n_tasks, renders = lint(registry, list(args.tasks) or None, _data_dirs(args))
-    for p in problems:
-        print(p)
-    print(f"lint: {n_tasks} tasks, {sum(len(registry.task(n).templates) for n in (args.tasks or registry.tasks))} "
-          f"templates, {renders} renders checked, {len(problems)} problem(s)", file=sys.stderr)
-    return 1 if problems else 0
-
-
-def cmd_build(args) -> int:
-    from dataclasses import replace
-
-    from flanbuild.builder import BuildConfig, build
-    from flanbuild.pipeline.mixer import MixConfig
-    from flanbuild.catalog.recipes import load_recipe
-
-    if args.offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-    recipe = load_recipe(args.mixture)
-    if args.tokenizer:
-        recipe = replace(recipe, prompt=replace(recipe.prompt, tokenizer=args.tokenizer))
-    if args.decontaminate_ngram is not None:
-        recipe = replace(recipe, decontaminate_ngram=args.decontaminate_ngram)
-    mix = MixConfig(
-        heldout=tuple(args.heldout or ()), extra_removals=not args.no_extra_removals,
-        task_cap=args.task_cap, rate_cap=args.rate_cap, temperature=args.temperature,
-        task_weights=dict(args.task_weight), cluster_weights=dict(args.cluster_weight),
-        train_size=args.train_size, eval_cap=args.eval_cap, max_epochs=args.max_epochs,
-    )
-    config = BuildConfig(
-        out=Path(args.out), seed=args.seed, recipe=recipe, mix=mix, data_dirs=tuple(_data_dirs(args)),
-        catalogs=tuple(Path(c) for c in args.catalog), tasks=args.tasks, strict=args.strict,
-        niv2_dir=Path(args.niv2_dir) if args.niv2_dir else None,
-        promptsource_dir=Path(args.promptsource_dir) if args.promptsource_dir else None,
-        shard_rows=args.shard_rows, command="flanbuild " + shlex.join(args.argv),
-        clusters=args.clusters, workers=args.workers, engine=args.engine, scheduler=args.scheduler,
-        cache_dir=Path(args.cache_dir) if args.cache_dir else None, use_cache=not args.no_cache,
-    )
-    from flanbuild.pipeline.progress import Progress
-
-    progress = Progress.from_args(args)
-    result = build(config, progress=progress)
-    if args.format != "flan" or args.jsonl:
-        from flanbuild.output.export import default_dest, export
-
-        export(result.out, args.format, default_dest(result.out, args.format, args.jsonl), jsonl=args.jsonl, log=progress)
-    print(result.out)
-    return 0
-
-
-def cmd_verify(args) -> int:
-    from flanbuild.output.manifest import verify
-
-    problems = verify(Path(args.out))
-    for p in problems:
-        print(f"{args.out}: {p}")
-    print(f"verify: {len(problems)} problem(s)" if problems else f"verify: {args.out} matches its mixture.json",
-          file=sys.stderr)
-    return 1 if problems else 0
-
-
-# -- parser -------------------------------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line (what is wrong, and where to look), like other errors."""
@@ -191,7 +27,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"flanbuild: error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def make_parser() -> argparse.ArgumentParser:
+def _common_options() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The options every command takes, and the data options of commands that read source data."""
     common = _Parser(add_help=False)
     common.add_argument("--catalog", action="append", default=[], metavar="DIR",
                         help="extra catalog directory with tasks/ and templates/ (repeatable; later ones override)")
@@ -203,83 +40,34 @@ def make_parser() -> argparse.ArgumentParser:
                       help="local mirror laid out as <hub id>/<config>/<split>.parquet (repeatable; "
                            "default: $FLANBUILD_DATA_DIR)")
     data.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub (HF_HUB_OFFLINE=1)")
+    return common, data
 
+
+def _add_missing(parser: argparse.ArgumentParser, parent: argparse.ArgumentParser) -> None:
+    """Give a sub-command registered elsewhere the common options it does not define itself."""
+    have = {opt for action in parser._actions for opt in action.option_strings}
+    for action in parent._actions:
+        if action.option_strings and not have & set(action.option_strings):
+            parser._add_action(action)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from flanbuild.cli import data_commands, output_commands
+
+    common, data = _common_options()
     parser = _Parser(prog="flanbuild", description="Build FLAN-style instruction-tuning mixtures.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    p = sub.add_parser("tasks", parents=[common, data], help="list the task registry")
-    p.add_argument("--cluster", help="only tasks of this cluster")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--markdown", action="store_true", help="the README catalog table (offline column from --data-dir)")
-    p.set_defaults(func=cmd_tasks)
-
-    p = sub.add_parser("render", parents=[common, data], help="preview a task's templates on real rows")
-    p.add_argument("task")
-    p.add_argument("-n", type=int, default=1, help="number of rows (default 1)")
-    p.add_argument("--template", type=int, help="only this template id (default: all, side by side)")
-    p.add_argument("--split", choices=["train", "eval"], default="train")
-    p.add_argument("--no-options", action="store_true", help="render without the options block")
-    p.set_defaults(func=cmd_render)
-
-    p = sub.add_parser("lint", parents=[common, data], help="check every template of every task")
-    p.add_argument("--tasks", type=_csv, default=(), help="comma-separated task names (default: all)")
-    p.set_defaults(func=cmd_lint)
-
-    p = sub.add_parser("build", parents=[common, data], help="build a mixture into --out")
-    p.add_argument("--out", required=True, help="output directory (replaced atomically)")
-    p.add_argument("--mixture", default="flan2021", metavar="NAME|FILE",
-                   help="mixture recipe: a shipped name (flan2021, flan2022) or a YAML file (default flan2021)")
-    p.add_argument("--heldout", action="append", metavar="CLUSTER",
-                   help="held-out cluster (repeatable; default: the recipe's, nli)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--strict", action="store_true", help="missing data for a task is an error, not a skip")
-    p.add_argument("--tasks", type=_csv, default=(), help="build only these tasks (comma-separated)")
-    p.add_argument("--clusters", type=_csv, default=(), help="build only tasks of these clusters (comma-separated)")
-    p.add_argument("--workers", type=_nonneg_int, default=0, help="render processes (default 0 = all cores); "
-                                                                   "the output is the same for any number")
-    p.add_argument("--engine", choices=["local", "dask"], default="local",
-                   help="local processes, or a Dask distributed cluster (pip install 'flanbuild[dask]')")
-    p.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address (default: a local cluster)")
-    p.add_argument("--cache-dir", metavar="DIR", help="render cache (default: $FLANBUILD_CACHE or ~/.cache/flanbuild)")
-    p.add_argument("--no-cache", action="store_true", help="render everything; do not read or write the cache")
-    p.add_argument("--format", choices=["flan", "chat", "prompt-completion", "alpaca"], default="flan",
-                   help="also export the mixture for a trainer into OUT/exports/FORMAT (see flanbuild export)")
-    p.add_argument("--jsonl", action="store_true", help="with --format: write JSONL instead of Parquet")
-    p.add_argument("--task-cap", type=_nonneg_int, help="max examples per task, for every submixture (0 = none; "
-                                                        "default: the recipe's, 30000 in flan2021)")
-    p.add_argument("--rate-cap", type=_nonneg_int, help="mixing-rate cap, for every submixture (0 = none; "
-                                                        "default: the recipe's, 3000 in flan2021)")
-    p.add_argument("--temperature", type=float, default=1.0, help="mixing temperature (default 1)")
-    p.add_argument("--task-weight", type=_weight, action="append", default=[], metavar="TASK=W")
-    p.add_argument("--cluster-weight", type=_weight, action="append", default=[], metavar="CLUSTER=W")
-    p.add_argument("--train-size", type=int, help="rows in train (default: sum of the capped rates)")
-    p.add_argument("--max-epochs", type=float, default=10.0,
-                   help="a task repeats its rows at most this often (0 = no limit; default 10)")
-    p.add_argument("--eval-cap", type=_nonneg_int, default=0, help="max examples per held-out task (0 = all)")
-    p.add_argument("--no-extra-removals", action="store_true", help="do not apply FLAN's also-removed clusters")
-    p.add_argument("--shard-rows", type=int, default=250_000, help="rows per Parquet shard")
-    p.add_argument("--niv2-dir", metavar="DIR", help="Super-NaturalInstructions root (tasks/*.json, splits/default/)")
-    p.add_argument("--promptsource-dir", metavar="DIR", help="promptsource templates (<dataset>/<subset>/templates.yaml)")
-    p.add_argument("--tokenizer", metavar="NAME_OR_PATH", help="count few-shot length budgets in this tokenizer's tokens")
-    p.add_argument("--decontaminate-ngram", type=_nonneg_int, metavar="N",
-                   help="also drop train rows sharing an N-word n-gram with eval source text (0 = off; "
-                        "default: the recipe's, 13 in flan2022)")
-    p.set_defaults(func=cmd_build)
-
-    p = sub.add_parser("verify", parents=[common], help="recompute the data files' hashes against mixture.json")
-    p.add_argument("out")
-    p.set_defaults(func=cmd_verify)
-
-    from flanbuild.cli.output_commands import add_parsers as add_ecosystem_parsers
-
-    add_ecosystem_parsers(sub)
+    data_commands.add_parsers(sub, common, data)
+    output_commands.add_parsers(sub, common)
     try:
         from flanbuild.finetune.cli import add_parsers
-    except ImportError:
+    except ImportError:  # pragma: no cover - the finetune package is part of flanbuild; defensive only
         pass
     else:
         add_parsers(sub)
+    for command in sub.choices.values():
+        _add_missing(command, common)
     return parser
 
 
@@ -294,23 +82,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flanbuild {version('flanbuild')}")
         return 0
     if not args.command:
-        parser.print_help()
+        parser.print_usage(sys.stderr)
+        print("flanbuild: error: no command given (see flanbuild --help)", file=sys.stderr)
         return 2
+    return run(args.func, args)
+
+
+def run(handler, args) -> int:
+    """Call a command handler under the error policy above."""
     try:
-        return args.func(args)
+        return handler(args)
     except FlanbuildError as e:
-        if getattr(args, "debug", False):
-            traceback.print_exc()
-        print(f"flanbuild: error: {e}", file=sys.stderr)
-        return 2
+        _report(args, f"flanbuild: error: {one_line(str(e))}")
+        return e.exit_code
     except OSError as e:  # disk full, permissions at write time: the user's environment, not a bug
-        if getattr(args, "debug", False):
-            traceback.print_exc()
-        print(f"flanbuild: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        _report(args, f"flanbuild: error: {one_line(f'{e.strerror or e}: {e.filename or chr(0)}'.rstrip(': ' + chr(0)))}")
         return 2
     except KeyboardInterrupt:
         print("flanbuild: interrupted", file=sys.stderr)
         return 130
+
+
+def _report(args, line: str) -> None:
+    if getattr(args, "debug", False):
+        traceback.print_exc()
+    print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""argparse wiring for the ecosystem commands: ``stats``, ``show``, ``diff``, ``export``, ``push``, ``card``.
+"""The commands that read a finished build: ``stats``, ``show``, ``diff``, ``export``, ``push``, ``card``.
 
-``add_parsers(subparsers)`` registers them; each sets ``func=handler`` with ``handler(args) -> int``.
-User mistakes raise ``FlanbuildError`` (the main CLI prints its one line and exits 2). Nothing heavy
-is imported here: rich, matplotlib, datasets and huggingface_hub load inside the handlers.
+``add_parsers(subparsers, common)`` registers them; each sets ``func=handler`` with
+``handler(args) -> int``. User mistakes raise ``FlanbuildError`` (``flanbuild.cli.main`` prints its
+one line). Nothing heavy is imported here: rich, matplotlib, datasets and huggingface_hub load inside
+the handlers.
 """
 
 from __future__ import annotations
@@ -92,11 +93,8 @@ def card_handler(args) -> int:
 
 # -- parsers --------------------------------------------------------------------------------------
 
-def add_parsers(subparsers) -> None:
-    """Register ``stats``, ``show``, ``diff``, ``export``, ``push`` and ``card`` on an argparse subparsers object."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+def add_parsers(subparsers, common: argparse.ArgumentParser) -> None:
+    """Register ``stats``, ``show``, ``diff``, ``export``, ``push`` and ``card``; ``common`` = shared options."""
 
     p = subparsers.add_parser("stats", parents=[common], help="composition and lengths of a built mixture",
                               description="Clusters, tasks (rows, shares, template types) and length statistics of "
@@ -166,26 +164,5 @@ def add_parsers(subparsers) -> None:
                               "(what a build does at its end).")
     p.add_argument("out", metavar="OUT", help="a build directory")
     p.add_argument("--tokenizer", metavar="NAME_OR_PATH", help="add token counts with this tokenizer")
-    p.add_argument("--catalog", action="append", default=[], metavar="DIR",
-                   help="extra catalog directory for task licenses/descriptions (default: the build's)")
     p.add_argument("--no-plots", action="store_true", help="no pictures (and no matplotlib)")
     p.set_defaults(func=card_handler)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run one ecosystem command (what ``flanbuild`` does once cli.py adds these parsers)."""
-    parser = argparse.ArgumentParser(prog="flanbuild")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add_parsers(sub)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except FlanbuildError as e:
-        if getattr(args, "debug", False):
-            raise
-        print(f"flanbuild: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

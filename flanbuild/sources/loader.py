@@ -28,14 +28,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flanbuild.catalog import schema
-from flanbuild.errors import FlanbuildError
+from flanbuild.errors import DataNotFound, FlanbuildError
 from flanbuild.catalog.tasks import Task, parse_slice
 
 BATCH_ROWS = 2048
-
-
-class DataNotFound(Exception):
-    """A task's data is not available here; the builder skips the task with this reason."""
 
 
 @dataclass
