@@ -293,7 +293,9 @@ def test_undefined_expression_values():
 
 
 def test_names_fall_back_to_jinja_globals_and_the_context_wins():
-    assert compile_template("{{ range }}")({}) == jinja_template("{{ range }}").render({})
+    # a function's repr never renders (flanbuild's sandbox policy): both paths refuse it alike
+    assert outcome(compile_template("{{ range }}"), {}) == outcome(jinja_template("{{ range }}").render, {})
+    assert outcome(compile_template("{{ range }}"), {})[0] == "err"
     assert compile_template("{{ range }}")({"range": "mine"}) == "mine"
     assert compile_expression("dict")({}) is environment().globals["dict"]
 
@@ -367,8 +369,11 @@ def test_real_errors_are_jinjas_errors():
 def test_operators_the_sandbox_intercepts_are_left_to_it():
     intercepted = environment().intercepted_binops
     for source, op in (("{{ float * 2 }}", "*"), ("{{ s * 3 }}", "*"), ("{{ int % 5 }}", "%")):
-        assert (compile_template(source) is None) == (op in intercepted), source
+        # flanbuild's LimitedSandbox: the fast path calls the sandbox's own call_binop (same checks)
+        assert compile_template(source) is not None, source
         check_render(source, VALUES)
+    with pytest.raises(jinja2.exceptions.SecurityError):
+        compile_template("{{ s * 1000000 }}")(VALUES)
     if "*" in intercepted:  # flanbuild's LimitedSandbox refuses '*' building huge sequences
         with pytest.raises(jinja2.exceptions.SecurityError):
             renderer("{{ s * 1000000 }}")(VALUES)

@@ -81,7 +81,8 @@ _COMPARE_OPS = {"eq": "==", "ne": "!=", "gt": ">", "gteq": ">=", "lt": "<", "lte
                 "notin": "not in"}
 _BIN_OPS = {nodes.Add: "+", nodes.Sub: "-", nodes.Mul: "*", nodes.Div: "/", nodes.FloorDiv: "//",
             nodes.Mod: "%"}  # not Pow: ``2 ** 10 ** 10`` is left to Jinja
-_RESERVED_NAMES = frozenset({"self"})  # Jinja binds {{ self }} to a TemplateReference, not the context
+_RESERVED_NAMES = frozenset({"self"})
+MAX_FAST_PIECES = 32  # placeholders of a fast template (each bounded by the sandbox's size limits)  # Jinja binds {{ self }} to a TemplateReference, not the context
 
 
 def _env() -> jinja2.Environment:
@@ -92,8 +93,10 @@ def _env() -> jinja2.Environment:
 
 def _env_supported(env: jinja2.Environment) -> bool:
     """The environment settings this module's code generation assumes (else everything goes to Jinja)."""
+    from flanbuild.sandbox.environment import finalize
+
     return (
-        getattr(env, "sandboxed", False) and not env.is_async and env.finalize is None
+        getattr(env, "sandboxed", False) and not env.is_async and env.finalize in (None, finalize)
         and env.autoescape is False and env.context_class is jinja2.runtime.Context
         and type(env).concat is jinja2.Environment.concat
     )
@@ -133,10 +136,17 @@ class _Codegen:
         def getitem(obj: Any, key: Any) -> Any:
             return _check(env.getitem(obj, key))
 
+        from flanbuild.sandbox import environment as sandbox
+
+        def binop(operator: str, left: Any, right: Any) -> Any:  # an operator the sandbox intercepts
+            return env.call_binop(None, operator, left, right)  # type: ignore[attr-defined]
+
+        limited = env.finalize is sandbox.finalize  # flanbuild's policy: {{ }} and ~ of plain values only
         self.ns: dict[str, Any] = {
-            "__builtins__": {}, "_str": str, "_check": _check, "_miss": _miss, "_global": resolve_global,
-            "_getattr": getattr_, "_getitem": getitem, "_str_join": str_join, "_env": env,
-            "_eval_ctx": EvalContext(env, None),
+            "__builtins__": {}, "_str": sandbox.plain_str if limited else str, "_check": _check, "_miss": _miss,
+            "_global": resolve_global, "_getattr": getattr_, "_getitem": getitem,
+            "_str_join": getattr(env, "concat_limited", str_join), "_env": env,
+            "_eval_ctx": EvalContext(env, None), "_binop": binop,
         }
         if extended:
             # What map/select/reject and callables receive as ``context``: only its .environment and
@@ -201,12 +211,13 @@ class _Codegen:
         return "".join(f", {a}" for a in out)
 
     def _filter_allowed(self, name: str) -> bool:
+        from flanbuild.sandbox.environment import BOUNDED_FILTERS, or_join
+
         func = self.env.filters.get(name)
         if name == "or_join":
-            from flanbuild.sandbox.environment import or_join
-
             return func is or_join
-        return name in SAFE_FILTERS and func is not None and func is _BUILTIN_FILTERS.get(name)
+        return name in SAFE_FILTERS and func is not None and (
+            func is _BUILTIN_FILTERS.get(name) or func is BOUNDED_FILTERS.get(name))
 
     def _Filter(self, node: nodes.Filter) -> str:
         if node.node is None:
@@ -280,7 +291,10 @@ class _Codegen:
 
     def _binop(self, node: nodes.BinExpr) -> str:
         if node.operator in self.env.intercepted_binops:  # type: ignore[attr-defined]
-            raise _Unsupported("intercepted operator")
+            if not hasattr(self.env, "concat_limited"):
+                raise _Unsupported("intercepted operator")
+            # flanbuild's LimitedSandbox: the same size checks Jinja's code makes, then the operator
+            return f"_binop({self.bind(node.operator)}, {self.expr(node.left)}, {self.expr(node.right)})"
         return f"({self.expr(node.left)} {_BIN_OPS[type(node)]} {self.expr(node.right)})"
 
     _Add = _Sub = _Mul = _Div = _FloorDiv = _Mod = _binop
@@ -330,6 +344,8 @@ def _template_body(gen: _Codegen, tree: nodes.Template) -> str:
             parts.append(f"_str({gen.expr(child)})")
     if text:
         parts.append(gen.bind("".join(text)))
+    if sum(not p.startswith("_k") for p in parts) > MAX_FAST_PIECES:
+        raise _Unsupported("many placeholders")  # Jinja streams them under the output limit
     if len(parts) <= 1:
         return parts[0] if parts else gen.bind("")
     return "''.join((" + ", ".join(parts) + ",))"
@@ -348,12 +364,15 @@ def compile_template(source: str, *, extended: bool = False) -> Callable[[Mappin
     if not _env_supported(env):
         return None
     try:
-        tree = env.parse(source)
+        from flanbuild.sandbox.environment import parse
+
+        tree = parse(source) if env is _env() else env.parse(source)
         gen = _Codegen(env, extended)
         gen.check_unops()
         body = _template_body(gen, tree)
         return gen.function(body)
-    except (_Unsupported, jinja2.TemplateSyntaxError, SyntaxError, RecursionError, MemoryError, ValueError):
+    except (_Unsupported, jinja2.TemplateSyntaxError, jinja2.exceptions.SecurityError, SyntaxError, RecursionError,
+            MemoryError, ValueError):
         return None
 
 
@@ -377,23 +396,31 @@ def compile_expression(source: str, *, extended: bool = False) -> Callable[[Mapp
         gen = _Codegen(env, extended)
         gen.check_unops()
         return gen.function(gen.expr(expr))
-    except (_Unsupported, jinja2.TemplateSyntaxError, SyntaxError, RecursionError, MemoryError, ValueError):
+    except (_Unsupported, jinja2.TemplateSyntaxError, jinja2.exceptions.SecurityError, SyntaxError, RecursionError,
+            MemoryError, ValueError):
         return None
 
 
 @functools.lru_cache(maxsize=8192)
 def renderer(source: str, *, extended: bool = False) -> Callable[[Mapping[str, Any]], str]:
     """``ctx -> str`` with Jinja's exact output and errors: the fast closure, Jinja where it cannot."""
+    from flanbuild.sandbox.environment import time_budget
+
     template = _env().from_string(source)
     fast = compile_template(source, extended=extended)
+
+    def slow(ctx: Mapping[str, Any]) -> str:
+        with time_budget():
+            return template.render(ctx)
+
     if fast is None:
-        return template.render
+        return slow
 
     def render(ctx: Mapping[str, Any]) -> str:
         try:
             return fast(ctx)
         except Exception:  # noqa: BLE001 - FastPathMiss or a real error: Jinja gives the answer/message
-            return template.render(ctx)
+            return slow(ctx)
 
     render.fast = fast  # type: ignore[attr-defined]
     return render
@@ -402,16 +429,19 @@ def renderer(source: str, *, extended: bool = False) -> Callable[[Mapping[str, A
 @functools.lru_cache(maxsize=8192)
 def evaluator(source: str, *, extended: bool = False) -> Callable[[Mapping[str, Any]], Any]:
     """``row -> value`` like the compiled Jinja expression (``undefined_to_none=False``), fast where possible."""
+    from flanbuild.sandbox.environment import evaluate_limited, parse_expression
+
+    parse_expression(source)  # structural limits (nesting, filter chains) before compiling
     compiled = _env().compile_expression(source, undefined_to_none=False)
     fast = compile_expression(source, extended=extended)
     if fast is None:
-        return lambda row: compiled(**row)
+        return lambda row: evaluate_limited(compiled, row)
 
     def evaluate(row: Mapping[str, Any]) -> Any:
         try:
             return fast(row)
         except Exception:  # noqa: BLE001 - FastPathMiss or a real error: Jinja gives the value/message
-            return compiled(**row)
+            return evaluate_limited(compiled, row)
 
     evaluate.fast = fast  # type: ignore[attr-defined]
     return evaluate
@@ -437,6 +467,9 @@ class FastTemplate:
         return self._render(ctx)
 
     def generate(self, *args: Any, **kwargs: Any):
+        if self.fast is None:  # Jinja's stream, so an output limit stops a runaway loop early
+            yield from self.jinja.generate(*args, **kwargs)
+            return
         yield self.render(*args, **kwargs)
 
     def __repr__(self) -> str:

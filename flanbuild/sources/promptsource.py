@@ -29,6 +29,7 @@ from flanbuild.errors import FlanbuildError
 from flanbuild.catalog.tasks import Task
 
 TEXT_VAR_LENGTH = 2048
+MAX_OUTPUT_CHARS = 1_000_000  # one rendered promptsource text (as for catalog templates)
 PIPE_PROTECTOR = "3ed2dface8203c4c9dfb1a5dc58e41e0"
 _RNG = "__flanbuild_choice_rng"
 
@@ -47,8 +48,11 @@ def _most_frequent(items):
 
 @functools.lru_cache(maxsize=1)
 def environment() -> ImmutableSandboxedEnvironment:
-    """promptsource's Jinja settings (default Undefined, no block trimming), sandboxed."""
-    env = ImmutableSandboxedEnvironment()
+    """promptsource's Jinja settings (default Undefined, no block trimming), in flanbuild's limited sandbox
+    (the same resource policy as catalog templates; an unsafe attribute is an error, not an empty string)."""
+    from flanbuild.sandbox.environment import make_environment
+
+    env = make_environment()
     env.globals["zip"] = zip
     env.filters["choice"] = _choice
     env.filters["most_frequent"] = _most_frequent
@@ -89,12 +93,14 @@ class PromptsourceTemplate:
         protected = _protect(example)
         if "answer_choices" in protected:
             raise FlanbuildError(f"template {self.name!r}: the row has a column named 'answer_choices'", where=self.origin)
+        from flanbuild.sandbox.environment import render_limited
+
         choices = None
         if self.answer_choices is not None:
-            rendered = _compile(self.answer_choices).render(**protected, **{_RNG: rng})
+            rendered = render_limited(_compile(self.answer_choices), {**protected, _RNG: rng}, MAX_OUTPUT_CHARS)
             choices = [c.strip().replace(PIPE_PROTECTOR, "|||") for c in rendered.split("|||")]
         body = self.jinja.replace("}}", f" | string | truncate({TEXT_VAR_LENGTH}) }}}}")
-        text = _compile(body).render(**protected, answer_choices=choices, **{_RNG: rng})
+        text = render_limited(_compile(body), {**protected, "answer_choices": choices, _RNG: rng}, MAX_OUTPUT_CHARS)
         parts = [p.replace(PIPE_PROTECTOR, "|||").strip() for p in text.split("|||")]
         return parts[0], parts[1] if len(parts) > 1 else "", choices or []
 
@@ -122,11 +128,17 @@ def load_templates_yaml(path: Path) -> tuple[str, str | None, list[PromptsourceT
             raise FlanbuildError(f"template {n}: needs a 'jinja' string with '|||' between input and target", where=str(path))
         meta = entry.get("metadata") or {}
         try:
-            _compile(jinja_src)
+            from flanbuild.sandbox.environment import check_tree
+
+            check_tree(_compile(jinja_src).environment.parse(jinja_src))
             if entry.get("answer_choices") is not None:
                 _compile(str(entry["answer_choices"]))
         except jinja2.TemplateSyntaxError as e:
             raise FlanbuildError(f"template {entry.get('name', n)!r}: Jinja syntax error: {e.message}", where=str(path)) from None
+        except (jinja2.exceptions.SecurityError, RecursionError) as e:
+            raise FlanbuildError(f"template {entry.get('name', n)!r}: refused by the sandbox: "
+                                 f"{e if isinstance(e, jinja2.exceptions.SecurityError) else 'nested too deeply'}",
+                                 where=str(path)) from None
         templates.append(PromptsourceTemplate(
             id=n, name=str(entry.get("name", n)), jinja=jinja_src,
             answer_choices=None if entry.get("answer_choices") is None else str(entry["answer_choices"]),
