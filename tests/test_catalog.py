@@ -5,7 +5,7 @@ import re
 import pytest
 
 from flanbuild.builder import load_registry
-from flanbuild.cli.main import catalog_markdown
+from flanbuild.cli.data_commands import catalog_markdown
 from flanbuild.lint import lint
 from conftest import MIRROR, REPO
 
