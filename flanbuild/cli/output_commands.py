@@ -16,6 +16,7 @@ from flanbuild.cli.argtypes import int_at_least
 from flanbuild.errors import FlanbuildError
 
 FORMATS = ("flan", "chat", "prompt-completion", "alpaca")  # = export.FORMATS (kept here: no import cost)
+LM_EVAL = "lm-eval"  # the eval split as an lm-evaluation-harness task folder (flanbuild.output.lmeval)
 
 
 def _log(args):
@@ -60,6 +61,14 @@ def diff_handler(args) -> int:
 def export_handler(args) -> int:
     from flanbuild.output.export import export
 
+    if args.format == LM_EVAL:
+        from flanbuild.output.lmeval import export_lmeval
+
+        if args.jsonl:
+            raise FlanbuildError("--jsonl does not apply to --format lm-eval (its data files are Parquet)")
+        dest = Path(args.dest) if args.dest else Path(args.out) / "exports" / LM_EVAL
+        print(export_lmeval(Path(args.out), dest, separator=args.separator, log=_log(args)).dest)
+        return 0
     result = export(Path(args.out), args.format, Path(args.dest) if args.dest else None, jsonl=args.jsonl,
                     separator=args.separator, log=_log(args))
     print(result.dest)
@@ -137,7 +146,8 @@ def add_parsers(subparsers, common: argparse.ArgumentParser) -> None:
                               "(axolotl / LLaMA-Factory), as Parquet or JSONL. DIR loads with "
                               "datasets.load_dataset(DIR) and has a LLaMA-Factory dataset_info.json.")
     p.add_argument("out", metavar="OUT", help="a build directory")
-    p.add_argument("--format", choices=FORMATS, default="flan", help="default: flan")
+    p.add_argument("--format", choices=(*FORMATS, LM_EVAL), default="flan",
+                   help="default: flan; lm-eval: the eval split as lm-evaluation-harness tasks")
     p.add_argument("--out", dest="dest", metavar="DIR", help="export directory (default: OUT/exports/FORMAT)")
     p.add_argument("--jsonl", action="store_true", help="JSON lines instead of Parquet")
     p.add_argument("--separator", type=_separator, default="\n", metavar="S",
