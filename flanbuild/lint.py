@@ -69,60 +69,84 @@ def _rows_of(split: SplitData, n: int) -> list[dict]:
 def lint_task(task: Task, data_dirs: list[Path] | None = None) -> tuple[list[Problem], int]:
     """All problems found in one task; also returns how many renders were checked."""
     problems: list[Problem] = []
-    row_sets: list[tuple[str, schema.Features | None, list[dict], bool]] = []  # (label, features, rows, synthetic)
-    if task.examples:
-        row_sets.append(("card examples", task.features, list(task.examples), True))
-    elif task.features:
-        row_sets.append(("synthetic rows", task.features, _synthetic_rows(task), True))
-    for split in _mirror_splits(task, data_dirs or []):
-        if task.features:
-            for d in schema.diff(task.features, split.features):
-                problems.append(Problem(task.name, task.origin, f"features vs {split.origin}: {d}"))
-        row_sets.append((split.origin, split.features, _rows_of(split, REAL_ROWS), False))
+    row_sets = _row_sets(task, data_dirs or [], problems)
     if not row_sets:
         problems.append(Problem(task.name, task.origin, "cannot lint: the card declares no features or examples "
                                                         "and no local data was found"))
         return problems, 0
     checked = 0
     for label, features, rows, synthetic in row_sets:
-        try:
-            mapper = ExampleMapper(task, features)
-            examples = [e for i, r in enumerate(rows) if mapper.keep(r, f"{label} row {i}")
-                        and (e := mapper(r, f"{label} row {i}")) is not None]
-        except FlanbuildError as e:
-            hint = " (expressions that need consistent columns need 'examples:' in the card)" if synthetic else ""
-            problems.append(Problem(task.name, "", f"on {label}: {e}{hint}"))
-            continue
-        if not examples:
-            problems.append(Problem(task.name, task.origin, f"no usable rows in {label}"))
-            continue
-        for template in task.templates:
-            # Judge "ignores its input" only on rows that differ in the fields this template reads: an
-            # inverted template that reads only the answer rightly repeats itself on a one-label sample.
-            read = sorted(variables(template.input) & set(examples[0].context))
-            distinct_rows = len({repr([e.context.get(k) for k in read]) for e in examples}) if read else len(examples)
-            for show in ((True, False) if template.shows_options else (False,)):
-                inputs = set()
-                for example in examples:
-                    try:
-                        inp, tgt = render_template(task, template, example, show)
-                    except FlanbuildError as e:
-                        problems.append(Problem(task.name, "", f"on {label}: {e}"))
-                        break
-                    checked += 1
-                    inputs.add(inp)
-                    loc = template.origin
-                    if not inp:
-                        problems.append(Problem(task.name, loc, f"template {template.id}: empty input on {label}"))
-                    if not tgt:
-                        problems.append(Problem(task.name, loc, f"template {template.id}: empty target on {label}"))
-                    if synthetic and ("{" in inp + tgt or "}" in inp + tgt):
-                        problems.append(Problem(task.name, loc, f"template {template.id}: stray '{{' or '}}' in "
-                                                                f"output: {(inp + ' ||| ' + tgt)[:120]!r}"))
-                if distinct_rows > 1 and len(inputs) == 1:
-                    problems.append(Problem(task.name, template.origin, f"template {template.id}: same input for "
-                                                                         f"different rows on {label}: ignores its input"))
+        examples = _examples(task, label, features, rows, synthetic, problems)
+        for template in task.templates if examples else ():
+            checked += _lint_template(task, template, label, examples, synthetic, problems)
     return _dedupe(problems), checked
+
+
+def _row_sets(task: Task, data_dirs: list[Path], problems: list[Problem]) -> list[tuple[str, schema.Features | None, list[dict], bool]]:
+    """The rows to lint on, as (label, features, rows, synthetic): the card's examples or rows
+    synthesised from its features, plus real rows of every local split (after a schema check)."""
+    row_sets = []
+    if task.examples:
+        row_sets.append(("card examples", task.features, list(task.examples), True))
+    elif task.features:
+        row_sets.append(("synthetic rows", task.features, _synthetic_rows(task), True))
+    for split in _mirror_splits(task, data_dirs):
+        if task.features:
+            for d in schema.diff(task.features, split.features):
+                problems.append(Problem(task.name, task.origin, f"features vs {split.origin}: {d}"))
+        row_sets.append((split.origin, split.features, _rows_of(split, REAL_ROWS), False))
+    return row_sets
+
+
+def _examples(task: Task, label: str, features, rows: list[dict], synthetic: bool, problems: list[Problem]) -> list:
+    """The rows as task examples (what templates see); [] with a problem recorded if none are usable."""
+    try:
+        mapper = ExampleMapper(task, features)
+        examples = [e for i, r in enumerate(rows) if mapper.keep(r, f"{label} row {i}")
+                    and (e := mapper(r, f"{label} row {i}")) is not None]
+    except FlanbuildError as e:
+        hint = " (expressions that need consistent columns need 'examples:' in the card)" if synthetic else ""
+        problems.append(Problem(task.name, "", f"on {label}: {e}{hint}"))
+        return []
+    if not examples:
+        problems.append(Problem(task.name, task.origin, f"no usable rows in {label}"))
+    return examples
+
+
+def _lint_template(task: Task, template, label: str, examples: list, synthetic: bool, problems: list[Problem]) -> int:
+    """Render one template on every example (with and without options); returns the renders checked."""
+    # Judge "ignores its input" only on rows that differ in the fields this template reads: an
+    # inverted template that reads only the answer rightly repeats itself on a one-label sample.
+    read = sorted(variables(template.input) & set(examples[0].context))
+    distinct_rows = len({repr([e.context.get(k) for k in read]) for e in examples}) if read else len(examples)
+    checked = 0
+    for show in ((True, False) if template.shows_options else (False,)):
+        inputs = set()
+        for example in examples:
+            try:
+                inp, tgt = render_template(task, template, example, show)
+            except FlanbuildError as e:
+                problems.append(Problem(task.name, "", f"on {label}: {e}"))
+                break
+            checked += 1
+            inputs.add(inp)
+            problems += _output_problems(task, template, label, inp, tgt, synthetic)
+        if distinct_rows > 1 and len(inputs) == 1:
+            problems.append(Problem(task.name, template.origin, f"template {template.id}: same input for "
+                                                                 f"different rows on {label}: ignores its input"))
+    return checked
+
+
+def _output_problems(task: Task, template, label: str, inp: str, tgt: str, synthetic: bool) -> list[Problem]:
+    loc, found = template.origin, []
+    if not inp:
+        found.append(Problem(task.name, loc, f"template {template.id}: empty input on {label}"))
+    if not tgt:
+        found.append(Problem(task.name, loc, f"template {template.id}: empty target on {label}"))
+    if synthetic and ("{" in inp + tgt or "}" in inp + tgt):
+        found.append(Problem(task.name, loc, f"template {template.id}: stray '{{' or '}}' in "
+                                             f"output: {(inp + ' ||| ' + tgt)[:120]!r}"))
+    return found
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

@@ -310,11 +310,22 @@ def _settings(manifest: dict) -> list[list[str]]:
 
 
 def _composition(manifest, tasks, stats, images, clusters) -> list[str]:
-    counts = manifest["counts"]
-    entries = manifest["tasks"]
     out = ["## Composition", ""]
     if "composition" in images:
         out += [f"![Train composition by cluster and task]({images['composition']})", ""]
+    out += ["### Clusters", "", _cluster_table(manifest, clusters), ""]
+    out += ["### Tasks", "",
+            "`examples`: distinct source examples; `rows`: rendered rows (train repeats an example only when a "
+            "task is upsampled; eval renders each example with every template). Template types: `zs_opt` rows "
+            "show the answer options, `zs_noopt` rows do not (generation tasks and inverted templates); `fs_*` "
+            "rows are few-shot.",
+            "",
+            _task_table(manifest, tasks, stats), ""]
+    return out
+
+
+def _cluster_table(manifest, clusters) -> str:
+    counts, entries = manifest["counts"], manifest["tasks"]
     rows = []
     for c in clusters:
         tr = [t for t in entries.values() if t["cluster"] == c and t["role"] == "train"]
@@ -323,9 +334,13 @@ def _composition(manifest, tasks, stats, images, clusters) -> list[str]:
         rows.append([code(c), "eval (held out)" if ev else "train", len(tr) + len(ev),
                      _n(tr_rows) if tr else "", _pct(tr_rows / counts["train"]) if tr and counts["train"] else "",
                      _n(ev_rows) if ev else "", _pct(ev_rows / counts["eval"]) if ev and counts["eval"] else ""])
-    out += ["### Clusters", "",
-            _table(["cluster", "split", "tasks", "train rows", "train share", "eval rows", "eval share"], rows,
-                   "llrrrrr"), ""]
+    return _table(["cluster", "split", "tasks", "train rows", "train share", "eval rows", "eval share"], rows, "llrrrrr")
+
+
+def _task_table(manifest, tasks, stats) -> str:
+    """One row per task: examples, rows, share, templates, and rows per template type."""
+    counts, entries = manifest["counts"], manifest["tasks"]
+
     def ttypes(role: str, name: str) -> dict:
         if stats is not None:
             return stats.template_types.get((role, name), {})
@@ -340,25 +355,23 @@ def _composition(manifest, tasks, stats, images, clusters) -> list[str]:
         total = counts[role] or 1
         for n, t in sorted(((n, t) for n, t in entries.items() if t["role"] == role),
                            key=lambda x: (x[1]["cluster"], x[0])):
-            task = tasks.get(n)
-            n_tpl = [t["templates"]]
-            if tasks:
-                n_tpl.append(sum(tp.inverted for tp in task.templates) if task is not None else "")
-            per = list(t.get("rows_per_template", {}).values())
-            spread = (f"{min(per):,}" if min(per) == max(per) else f"{min(per):,}–{max(per):,}") if per else ""
             row = [code(n), code(t["cluster"]), role, _n(t["examples"]), _n(t["rows"]), _pct(t["rows"] / total),
-                   *n_tpl, spread]
+                   t["templates"]]
+            if tasks:
+                task = tasks.get(n)
+                row.append(sum(tp.inverted for tp in task.templates) if task is not None else "")
+            row.append(_spread(list(t.get("rows_per_template", {}).values())))
             d = ttypes(role, n)
-            row += [_n(d.get(tt, 0)) for tt in types]
-            rows.append(row)
-    out += ["### Tasks", "",
-            "`examples`: distinct source examples; `rows`: rendered rows (train repeats an example only when a "
-            "task is upsampled; eval renders each example with every template). Template types: `zs_opt` rows "
-            "show the answer options, `zs_noopt` rows do not (generation tasks and inverted templates); `fs_*` "
-            "rows are few-shot.",
-            "",
-            _table(header, rows, "lllrrrr" + "r" * (len(header) - 7)), ""]
-    return out
+            rows.append(row + [_n(d.get(tt, 0)) for tt in types])
+    return _table(header, rows, "lllrrrr" + "r" * (len(header) - 7))
+
+
+def _spread(per_template: list[int]) -> str:
+    """Rows per template: one number when all are equal, else the range."""
+    if not per_template:
+        return ""
+    lo, hi = min(per_template), max(per_template)
+    return f"{lo:,}" if lo == hi else f"{lo:,}–{hi:,}"
 
 
 def _lengths(stats, images, clusters) -> list[str]:

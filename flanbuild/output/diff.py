@@ -113,16 +113,10 @@ def _fmt(v) -> str:
 
 
 def format_diff(a: Path, b: Path, d: dict, data: dict | None = None) -> str:
-    lines = [f"A: {a}  (fingerprint {d['fingerprint'][0][:12]})", f"B: {b}  (fingerprint {d['fingerprint'][1][:12]})"]
-    if d["identical"]:
-        lines.append("data: identical (same content fingerprint)")
-    else:
-        lines.append("data: differs")
+    lines = [f"A: {a}  (fingerprint {d['fingerprint'][0][:12]})", f"B: {b}  (fingerprint {d['fingerprint'][1][:12]})",
+             "data: identical (same content fingerprint)" if d["identical"] else "data: differs"]
     for s, (x, y) in d["counts"].items():
-        if x != y:
-            lines.append(f"  {s}: {x:,} -> {y:,} rows ({y - x:+,})")
-        else:
-            lines.append(f"  {s}: {x:,} rows (same count)")
+        lines.append(f"  {s}: {x:,} -> {y:,} rows ({y - x:+,})" if x != y else f"  {s}: {x:,} rows (same count)")
     if d["config"]:
         lines.append("config:")
         lines += [f"  {k}: {_fmt(x)} -> {_fmt(y)}" for k, (x, y) in d["config"].items()]
@@ -132,46 +126,41 @@ def format_diff(a: Path, b: Path, d: dict, data: dict | None = None) -> str:
             lines.append(f"{title} ({len(d[key])}): {', '.join(d[key])}")
     if d["tasks_changed"]:
         lines.append(f"tasks changed ({len(d['tasks_changed'])}):")
-        for name, changes in d["tasks_changed"].items():
-            parts = []
-            for k, (x, y) in changes.items():
-                if k == "rows_per_template":
-                    ids = sorted(set(x) | set(y), key=int)
-                    moved = [i for i in ids if x.get(i) != y.get(i)]
-                    new = [i for i in ids if i not in x]
-                    gone = [i for i in ids if i not in y]
-                    txt = f"rows per template differ for {len(moved)} of {len(ids)} templates"
-                    if new:
-                        txt += f" (new: {', '.join(new)})"
-                    if gone:
-                        txt += f" (gone: {', '.join(gone)})"
-                    parts.append(txt)
-                else:
-                    parts.append(f"{k} {_fmt(x)} -> {_fmt(y)}")
-            lines.append(f"  {name}: " + "; ".join(parts))
+        lines += [f"  {name}: " + "; ".join(_task_change(k, x, y) for k, (x, y) in changes.items())
+                  for name, changes in d["tasks_changed"].items()]
     if d["versions"]:
         lines.append("versions: " + ", ".join(f"{k} {_fmt(x)} -> {_fmt(y)}" for k, (x, y) in d["versions"].items()))
     if d["files"] and not d["identical"]:
         lines.append("data files differing: " + ", ".join(d["files"]))
     if data is not None:
-        if not data:
-            lines.append("rows: every task has the same rows in the same order")
-        else:
-            lines.append("rows (per split/task; order ignored):")
-            for key, e in data.items():
-                if e.get("reordered"):
-                    lines.append(f"  {key}: same {e['same']:,} rows, other order")
-                    continue
-                txt = f"  {key}: {e['same']:,} same, {e['only_a']:,} only in A, {e['only_b']:,} only in B"
-                notes = []
-                if e["other_template"]:
-                    notes.append(f"{e['other_template']:,} same example, other template")
-                if e["rerendered"]:
-                    notes.append(f"{e['rerendered']:,} same example and template, rendered differently")
-                if notes:
-                    txt += f" ({'; '.join(notes)})"
-                lines.append(txt)
+        lines += _format_rows(data)
     return "\n".join(lines)
+
+
+def _task_change(key: str, x, y) -> str:
+    if key != "rows_per_template":
+        return f"{key} {_fmt(x)} -> {_fmt(y)}"
+    ids = sorted(set(x) | set(y), key=int)
+    moved = [i for i in ids if x.get(i) != y.get(i)]
+    new, gone = [i for i in ids if i not in x], [i for i in ids if i not in y]
+    return (f"rows per template differ for {len(moved)} of {len(ids)} templates"
+            + (f" (new: {', '.join(new)})" if new else "") + (f" (gone: {', '.join(gone)})" if gone else ""))
+
+
+def _format_rows(data: dict) -> list[str]:
+    """The --data part: per split/task, how the rows themselves differ."""
+    if not data:
+        return ["rows: every task has the same rows in the same order"]
+    lines = ["rows (per split/task; order ignored):"]
+    for key, e in data.items():
+        if e.get("reordered"):
+            lines.append(f"  {key}: same {e['same']:,} rows, other order")
+            continue
+        notes = ([f"{e['other_template']:,} same example, other template"] if e["other_template"] else []) + \
+                ([f"{e['rerendered']:,} same example and template, rendered differently"] if e["rerendered"] else [])
+        lines.append(f"  {key}: {e['same']:,} same, {e['only_a']:,} only in A, {e['only_b']:,} only in B"
+                     + (f" ({'; '.join(notes)})" if notes else ""))
+    return lines
 
 
 def diff_command(a: Path, b: Path, *, data: bool = False, as_json: bool = False, file=None) -> int:

@@ -68,27 +68,38 @@ def stats_data(manifest: dict, st: MixtureStats | None) -> dict:
 
 
 def print_stats(data: dict, con) -> None:
-    from rich.table import Table
-
     c = data["counts"]
     con.print(f"[bold]{data['mixture']}[/bold]  train {c['train']:,} rows, eval {c['eval']:,} rows  "
               f"(seed {data['seed']}, held out: {', '.join(data['heldout']) or 'none'}, removed: "
               f"{', '.join(data['removed_clusters']) or 'none'}, {data['skipped']} task(s) skipped)")
     con.print(f"fingerprint {data['fingerprint']}", style="dim")
+    tables = [_cluster_table(data), _task_table(data)] + ([_length_table(data)] if "lengths" in data else [])
+    for t in tables:
+        con.print()
+        con.print(t)
 
-    t = Table(title="Clusters", title_justify="left", show_edge=False)
-    for col, j in (("cluster", "left"), ("split", "left"), ("tasks", "right"), ("rows", "right"), ("share", "right")):
-        t.add_column(col, justify=j)
+
+def _table(title: str, columns) -> "Table":
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left", show_edge=False)
+    for col, justify in columns:
+        t.add_column(col, justify=justify)
+    return t
+
+
+def _cluster_table(data: dict):
+    t = _table("Clusters", (("cluster", "left"), ("split", "left"), ("tasks", "right"), ("rows", "right"),
+                            ("share", "right")))
     for name, cl in data["clusters"].items():
         t.add_row(name, cl["split"], str(cl["tasks"]), f"{cl['rows']:,}", f"{cl['share']:.1%}")
-    con.print()
-    con.print(t)
+    return t
 
+
+def _task_table(data: dict):
     types = sorted({k for task in data["tasks"].values() for k in (task["template_types"] or {})})
-    t = Table(title="Tasks", title_justify="left", show_edge=False)
-    for col, j in (("task", "left"), ("cluster", "left"), ("split", "left"), ("examples", "right"),
-                   ("rows", "right"), ("share", "right"), ("templates", "right"), *[(x, "right") for x in types]):
-        t.add_column(col, justify=j)
+    t = _table("Tasks", (("task", "left"), ("cluster", "left"), ("split", "left"), ("examples", "right"),
+                         ("rows", "right"), ("share", "right"), ("templates", "right"), *[(x, "right") for x in types]))
     prev = None
     for name, task in data["tasks"].items():
         if prev is not None and task["split"] != prev:
@@ -97,22 +108,23 @@ def print_stats(data: dict, con) -> None:
         tt = task["template_types"] or {}
         t.add_row(name, task["cluster"], task["split"], f"{task['examples']:,}", f"{task['rows']:,}",
                   f"{task['share']:.1%}", str(task["templates"]), *[f"{tt.get(x, 0):,}" for x in types])
-    con.print()
-    con.print(t)
+    return t
 
-    if "lengths" in data:
-        units = ["chars"] + (["tokens"] if any("tokens" in v for v in data["lengths"].values()) else [])
-        t = Table(title="Lengths", title_justify="left", show_edge=False)
-        for col, j in (("split/column", "left"), ("unit", "left"), ("mean", "right"), ("median", "right"),
-                       ("p95", "right"), ("max", "right")):
-            t.add_column(col, justify=j)
-        for key, by_unit in data["lengths"].items():
-            for unit in units:
-                d = by_unit.get(unit)
-                if d:
-                    t.add_row(key, unit, f"{d['mean']:,.1f}", f"{d['median']:,}", f"{d['p95']:,}", f"{d['max']:,}")
-        con.print()
-        con.print(t)
+
+def _length_table(data: dict):
+    units = ["chars"] + (["tokens"] if any("tokens" in v for v in data["lengths"].values()) else [])
+    t = _table("Lengths", (("split/column", "left"), ("unit", "left"), ("mean", "right"), ("median", "right"),
+                           ("p95", "right"), ("max", "right")))
+    for key, by_unit in data["lengths"].items():
+        for d in (by_unit.get(unit) for unit in units):
+            if d:
+                t.add_row(key, unit_of(by_unit, d), f"{d['mean']:,.1f}", f"{d['median']:,}", f"{d['p95']:,}",
+                          f"{d['max']:,}")
+    return t
+
+
+def unit_of(by_unit: dict, d: dict) -> str:
+    return next(u for u, v in by_unit.items() if v is d)
 
 
 def stats_command(out: Path, *, as_json: bool = False, plot: bool = False, plot_dir: Path | None = None,

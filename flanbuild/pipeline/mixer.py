@@ -98,19 +98,10 @@ def plan_train(available: Mapping[str, int], cluster_of: Mapping[str, str], cfg:
     submixtures = submixtures or {"default": Submixture("default", rate_cap=3_000)}
     group_of = group_of or dict.fromkeys(names, next(iter(submixtures)))
     subs = [submixtures[group_of[n]] for n in names]
-    task_caps = [cfg.task_cap if cfg.task_cap is not None else s.task_cap for s in subs]
-    rate_caps = [cfg.rate_cap if cfg.rate_cap is not None else s.rate_cap for s in subs]
-    used = np.array([min(available[n], c) if c else available[n] for n, c in zip(names, task_caps)], float)
-    capped = np.array([min(u, c) if c else u for u, c in zip(used, rate_caps)])
+    used, capped = _capped([available[n] for n in names], subs, cfg)
     rates = capped ** (1.0 / cfg.temperature)
     rates *= [cfg.task_weights.get(n, 1.0) * cfg.cluster_weights.get(cluster_of[n], 1.0) for n in names]
-    groups = sorted({s.name for s in subs})
-    group_weight = {g: submixtures[g].weight for g in groups}
-    total_weight = sum(group_weight.values())
-    shares = np.zeros(len(names))
-    for g in groups:
-        members = np.array([s.name == g for s in subs])
-        shares[members] = rates[members] / rates[members].sum() * group_weight[g] / total_weight
+    shares = _shares(rates, subs)
     total = cfg.train_size if cfg.train_size is not None else int(capped.sum())
     counts = _apportion(shares, total)
     if cfg.max_epochs:  # a small task with a big share would otherwise repeat its rows without bound
@@ -119,6 +110,29 @@ def plan_train(available: Mapping[str, int], cluster_of: Mapping[str, str], cfg:
         n: TaskShare(int(available[n]), int(u), float(r), float(s), int(c))
         for n, u, r, s, c in zip(names, used, rates, shares, counts)
     }
+
+
+def _capped(available: list[int], subs: list[Submixture], cfg: MixConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(examples used, examples counted for the rate) per task: the task cap, then the rate cap (0 = none)."""
+    def cap(n: float, limit: int) -> float:
+        return min(n, limit) if limit else n
+
+    task_caps = [cfg.task_cap if cfg.task_cap is not None else s.task_cap for s in subs]
+    rate_caps = [cfg.rate_cap if cfg.rate_cap is not None else s.rate_cap for s in subs]
+    used = np.array([cap(a, c) for a, c in zip(available, task_caps)], float)
+    return used, np.array([cap(u, c) for u, c in zip(used, rate_caps)])
+
+
+def _shares(rates: np.ndarray, subs: list[Submixture]) -> np.ndarray:
+    """Normalised shares: examples-proportional inside each submixture, submixtures by their weights."""
+    groups = sorted({s.name for s in subs})
+    group_weight = {g: next(s for s in subs if s.name == g).weight for g in groups}
+    total_weight = sum(group_weight.values())
+    shares = np.zeros(len(rates))
+    for g in groups:
+        members = np.array([s.name == g for s in subs])
+        shares[members] = rates[members] / rates[members].sum() * group_weight[g] / total_weight
+    return shares
 
 
 def _apportion(shares: np.ndarray, total: int) -> np.ndarray:

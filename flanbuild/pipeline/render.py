@@ -92,15 +92,7 @@ def render_example(task: Task, template: Template, example: Example, show_option
     ``rng_key`` seeds the ``choice`` filter of promptsource-format templates (prompted tasks).
     """
     if task.type == "prompted":
-        try:
-            inputs, targets, choices = template.apply(example.context, random.Random(seeding.base_key(*rng_key)))
-        except FlanbuildError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a failure inside a template is the template's
-            raise FlanbuildError(f"task {task.name}, template {template.id}: rendering failed: {type(e).__name__}: "
-                                 f"{' '.join(str(e).split())[:200]}", where=template.origin or None) from None
-        return Rendered(inputs, targets, choices if targets in choices else [],
-                        "promptsource" if template.shows_options else "")
+        return _render_prompted(task, template, example, rng_key)
     input_t, target_t = template.compiled()
     ctx = dict(example.context)
     options: list[str] = [] if template.inverted or not task.is_classification else list(example.options)
@@ -115,17 +107,32 @@ def render_example(task: Task, template: Template, example: Example, show_option
     try:
         out = (render_limited(input_t, ctx, MAX_OUTPUT_CHARS).strip(),
                render_limited(target_t, ctx, MAX_OUTPUT_CHARS).strip())
-    except jinja2.exceptions.SecurityError as e:
-        raise FlanbuildError(f"task {task.name}, template {template.id}: refused by the sandbox: {e}",
-                             where=template.origin or None) from None
-    except jinja2.UndefinedError as e:
-        raise FlanbuildError(f"task {task.name}, template {template.id}: {e.message} (fields: "
-                             f"{', '.join(sorted(task.fields))})", where=template.origin or None) from None
-    except Exception as e:  # noqa: BLE001 - any other failure inside a template is the template's
-        raise FlanbuildError(f"task {task.name}, template {template.id}: rendering failed: "
-                             f"{type(e).__name__}: {' '.join(str(e).split())[:200]}",
-                             where=template.origin or None) from None
+    except Exception as e:  # noqa: BLE001 - a failure inside a template is the template's
+        raise _template_error(task, template, e) from None
     return Rendered(out[0], out[1], options, style)
+
+
+def _render_prompted(task: Task, template: Template, example: Example, rng_key: tuple) -> Rendered:
+    """A promptsource-format template: it renders input, target and answer choices itself."""
+    try:
+        inputs, targets, choices = template.apply(example.context, random.Random(seeding.base_key(*rng_key)))
+    except Exception as e:  # noqa: BLE001 - a failure inside a template is the template's
+        raise _template_error(task, template, e) from None
+    return Rendered(inputs, targets, choices if targets in choices else [],
+                    "promptsource" if template.shows_options else "")
+
+
+def _template_error(task: Task, template: Template, e: Exception) -> FlanbuildError:
+    """One line naming the task, template and file for a failure inside a template."""
+    where, name = template.origin or None, f"task {task.name}, template {template.id}"
+    if isinstance(e, FlanbuildError):
+        return e
+    if isinstance(e, jinja2.exceptions.SecurityError):
+        return FlanbuildError(f"{name}: refused by the sandbox: {e}", where=where)
+    if isinstance(e, jinja2.UndefinedError):
+        return FlanbuildError(f"{name}: {e.message} (fields: {', '.join(sorted(task.fields))})", where=where)
+    return FlanbuildError(f"{name}: rendering failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}",
+                          where=where)
 
 
 def template_type(task: Task, template: Template, show_options: bool, few_shot: bool = False) -> str:
@@ -193,17 +200,13 @@ def render_rows(job: RenderJob, data: SplitData, stats: RenderStats | None = Non
 
 def _records(job: RenderJob, data: SplitData, stats: RenderStats, exemplar_data: SplitData | None) -> Iterator[tuple]:
     """Output rows as tuples in OUTPUT_SCHEMA's column order (the hot loop: no per-row dicts)."""
-    task, style = job.task, job.style
+    task = job.task
     templates = sorted(task.templates, key=lambda t: t.id)
     if not templates:
         raise FlanbuildError(f"task {task.name} has no templates", where=task.origin or None)
     mapper = ExampleMapper(task, data.features)
-    split_name = task.source.split_name(job.role)
-    train_split = task.source.split_name("train")
-    decisions = None if job.all_templates else {k: v.tolist() for k, v in _decisions(job, templates).items()}
-    pool = _ExemplarPool(job, exemplar_data or data, mapper) if decisions is not None and style.few_shot > 0 else None
-    lengths = _Lengths(style.tokenizer) if pool is not None else None
-    prefix = f"{task.name}/{split_name}/"
+    outputs = _all_templates(job, templates) if job.all_templates else _TrainChoice(job, templates, exemplar_data or data, mapper)
+    prefix = f"{task.name}/{task.source.split_name(job.role)}/"
     position = 0
     for chunk, rows in data.rows(job.indices):
         for i, (idx, row) in enumerate(zip(chunk.tolist(), rows)):
@@ -211,23 +214,8 @@ def _records(job: RenderJob, data: SplitData, stats: RenderStats, exemplar_data:
             if example is None:
                 stats.dropped += 1
                 continue
-            if decisions is None:
-                outputs = [(t, render_example(task, t, example, t.shows_options, rng_key=(job.seed, task.name, idx, t.id)),
-                            [], t.shows_options) for t in templates]
-            else:
-                n = position + i
-                t = templates[decisions["template"][n]]
-                layout = layouts.ALL[decisions["layout"][n]] if style.option_layouts else layouts.FLAN
-                show = t.shows_options if task.type == "prompted" else decisions["options"][n]
-                key = decisions["keys"][n]
-                query = render_example(task, t, example, show, layout, rng_key=(job.seed, task.name, key, t.id))
-                shots: list[tuple[int, Rendered]] = []
-                if pool is not None and decisions["few_shot"][n] and task.type != "prompted":
-                    shots = pool.exemplars(idx, key, decisions["k"][n], t, templates, show, layout)
-                    query = _assemble(query, shots, style, lengths)
-                outputs = [(t, query, [f"{task.name}/{train_split}/{j}" for j, _ in shots], show)]
             example_id = prefix + str(idx)
-            for template, r, shot_ids, show in outputs:
+            for template, r, shot_ids, show in outputs(example, idx, position + i):
                 if not r.inputs or not r.targets:
                     stats.dropped += 1
                     continue
@@ -239,6 +227,40 @@ def _records(job: RenderJob, data: SplitData, stats: RenderStats, exemplar_data:
                 yield (r.inputs, r.targets, job.task_source, task.name, kind, task.cluster, template.id, r.options,
                        example_id, references, shot_ids, r.option_style)
         position += len(chunk)
+
+
+def _all_templates(job: RenderJob, templates: list[Template]):
+    """Eval: every example with every template, options shown where the template shows them."""
+    task = job.task
+
+    def outputs(example: Example, idx: int, n: int) -> list[tuple[Template, Rendered, list[str], bool]]:
+        return [(t, render_example(task, t, example, t.shows_options, rng_key=(job.seed, task.name, idx, t.id)),
+                 [], t.shows_options) for t in templates]
+    return outputs
+
+
+class _TrainChoice:
+    """Train: one template per example, with the seeded layout, options and few-shot decisions."""
+
+    def __init__(self, job: RenderJob, templates: list[Template], exemplar_data: SplitData, mapper: ExampleMapper):
+        self.job, self.templates, self.style = job, templates, job.style
+        self.decisions = {k: v.tolist() for k, v in _decisions(job, templates).items()}
+        self.pool = _ExemplarPool(job, exemplar_data, mapper) if self.style.few_shot > 0 else None
+        self.lengths = _Lengths(self.style.tokenizer) if self.pool is not None else None
+        self.shot_prefix = f"{job.task.name}/{job.task.source.split_name('train')}/"
+
+    def __call__(self, example: Example, idx: int, n: int) -> list[tuple[Template, Rendered, list[str], bool]]:
+        task, d, style = self.job.task, self.decisions, self.style
+        t = self.templates[d["template"][n]]
+        layout = layouts.ALL[d["layout"][n]] if style.option_layouts else layouts.FLAN
+        show = t.shows_options if task.type == "prompted" else d["options"][n]
+        key = d["keys"][n]
+        query = render_example(task, t, example, show, layout, rng_key=(self.job.seed, task.name, key, t.id))
+        shots: list[tuple[int, Rendered]] = []
+        if self.pool is not None and d["few_shot"][n] and task.type != "prompted":
+            shots = self.pool.exemplars(idx, key, d["k"][n], t, self.templates, show, layout)
+            query = _assemble(query, shots, style, self.lengths)
+        return [(t, query, [self.shot_prefix + str(j) for j, _ in shots], show)]
 
 
 class _ExemplarPool:
