@@ -21,6 +21,18 @@ def test_split_job_cuts_at_fixed_places_never_inside_repeats(toy_registry):
     assert [len(p.indices) for p in pieces] == [len(p.indices) for p in engine.split_job(job, shard_rows=25)]
 
 
+def test_cache_key_does_not_change_when_a_template_property_is_read(toy_registry, tmp_path):
+    """Keys hash the templates' declared fields, not cached properties that appear once computed."""
+    from flanbuild.sources.loader import load_split
+
+    task = toy_registry.task("sent_a")
+    data = load_split(task, "train", [])
+    job = RenderJob(task, "train", np.arange(5), 0, "m")
+    before = engine.cache_key(job, data)
+    assert all(isinstance(t.shows_options, bool) for t in task.templates)  # fills the cached property
+    assert engine.cache_key(job, data) == before
+
+
 @pytest.fixture
 def small_shards(monkeypatch):
     monkeypatch.setattr(engine, "SHARD_ROWS", 40)

@@ -72,7 +72,8 @@ def _task_fingerprint(job: RenderJob) -> dict:
         "task": {f.name: getattr(task, f.name) for f in fields(task)
                  if f.name not in ("source", "templates", "origin", "examples", "description", "homepage", "license")},
         "split_names": task.source.splits,
-        "templates": [{"kind": type(t).__name__, **{k: v for k, v in sorted(vars(t).items()) if k != "origin"}}
+        # declared fields only: vars() would also hold cached properties, which appear once read
+        "templates": [{"kind": type(t).__name__, **{f.name: getattr(t, f.name) for f in fields(t) if f.name != "origin"}}
                       for t in task.templates],
     }
 
