@@ -17,7 +17,10 @@ class FlanbuildError(Exception):
 
     def __init__(self, message: str, *, where: str | None = None):
         self.where = where
-        super().__init__(f"{where}: {message}" if where else message)
+        text = f"{where}: {message}" if where else message
+        if not text.isprintable():  # a file name with a newline must not make the message two lines
+            text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+        super().__init__(text)
 
 
 class DataNotFound(FlanbuildError):

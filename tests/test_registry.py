@@ -21,8 +21,13 @@ def test_catalog_overrides_tasks_and_templates(toy_catalog, tmp_path):
     write(extra / "templates" / "sent_a.yaml", "task: sent_a\ntemplates:\n  - {id: 9, input: 'Say {{text}}', target: '{{answer}}'}\n")
     registry = Registry()
     registry.load_catalog(toy_catalog)
+    with pytest.raises(FlanbuildError, match="already defined.*override: true"):  # never silently replaced
+        registry.load_catalog(extra)
+    write(extra / "templates" / "sent_a.yaml", "task: sent_a\noverride: true\n"
+          "templates:\n  - {id: 9, input: 'Say {{text}}', target: '{{answer}}'}\n")
     registry.load_catalog(extra)
     assert [t.id for t in registry.task("sent_a").templates] == [9]
+    assert [(o["kind"], o["name"]) for o in registry.overrides] == [("templates", "sent_a")]
 
 
 def test_python_api_registers_task_and_cluster():

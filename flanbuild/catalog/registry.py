@@ -15,7 +15,7 @@ from typing import Iterable
 from flanbuild.errors import FlanbuildError
 from flanbuild.catalog.tasks import NAME_RE, Cluster, Task, load_card, parse_clusters
 from flanbuild.catalog.templates import Template, load_templates_file
-from flanbuild.catalog.yamlio import load_yaml
+from flanbuild.catalog.yamlio import load_yaml, read_untrusted, where
 
 
 def builtin_catalog_dir() -> Path:
@@ -33,6 +33,7 @@ class Registry:
     def __init__(self) -> None:
         self.clusters: dict[str, Cluster] = {}
         self.tasks: dict[str, Task] = {}
+        self.overrides: list[dict] = []  # what catalogs replaced explicitly (override: true)
 
     # -- Python API -----------------------------------------------------------------------------
     def register_cluster(self, cluster: Cluster | str, *, title: str = "", also_remove: Iterable[str] = ()) -> Cluster:
@@ -66,18 +67,24 @@ class Registry:
         if not tasks_dir.is_dir() and not templates_dir.is_dir():
             raise FlanbuildError(f"catalog directory {directory} has neither tasks/ nor templates/")
         clusters_file = tasks_dir / "clusters.yaml"
-        if clusters_file.is_file():
-            for cluster in parse_clusters(load_yaml(clusters_file), clusters_file):
+        if clusters_file.exists() or clusters_file.is_symlink():
+            doc = load_yaml(clusters_file, directory)
+            for cluster in parse_clusters(doc, clusters_file):
+                spec = doc["clusters"][cluster.name] or {}
+                self._check_override("cluster", cluster.name, spec.get("override", False),
+                                     where(clusters_file, doc["clusters"], cluster.name), directory)
                 self.register_cluster(cluster)
-        templates = {}
+        templates, template_overrides = {}, {}
         for path in sorted(templates_dir.glob("*.yaml")) if templates_dir.is_dir() else []:
-            name, tpls = load_templates_file(path)
+            name, tpls, template_overrides[name] = load_templates_file(path, directory, with_override=True)
             templates[name] = tpls
         loaded = []
         for path in sorted(tasks_dir.glob("*.yaml")) if tasks_dir.is_dir() else []:
             if path.name == "clusters.yaml":
                 continue
+            read_untrusted(path, directory)  # a regular file inside the catalog, of bounded size
             task = load_card(path, directory)
+            self._check_override("task", task.name, getattr(task, "override", False), str(path), directory)
             tpls = templates.pop(task.name, None)
             if tpls is None:
                 raise FlanbuildError(f"task {task.name}: no templates file {templates_dir / (task.name + '.yaml')}",
@@ -87,26 +94,46 @@ class Registry:
         for name, tpls in templates.items():  # templates for a task defined in an earlier catalog
             if name not in self.tasks:
                 raise FlanbuildError(f"templates for unknown task {name!r}", where=str(templates_dir / f"{name}.yaml"))
+            self._check_override("templates of task", name, template_overrides[name],
+                                 str(templates_dir / f"{name}.yaml"), directory)
             self.register_task(self.tasks[name], tpls)
             loaded.append(name)
         return loaded
+
+    def _check_override(self, kind: str, name: str, override: bool, loc: str, catalog: Path) -> None:
+        """A catalog replaces an existing cluster/task/templates only with an explicit ``override: true``
+        (recorded in ``overrides``, hence in mixture.json and the dataset card)."""
+        exists = name in (self.clusters if kind == "cluster" else self.tasks)
+        if kind == "templates of task":
+            exists = True
+        if not exists:
+            return
+        if not override:
+            raise FlanbuildError(f"{kind} {name} is already defined (built in or by an earlier catalog); a catalog "
+                                 f"replaces it only with 'override: true'", where=loc)
+        self.overrides.append({"kind": kind.split()[0], "name": name, "catalog": str(catalog), "file": loc})
 
     def copy(self) -> "Registry":
         """A registry with the same clusters and tasks, to extend without touching this one."""
         other = Registry()
         other.clusters, other.tasks = dict(self.clusters), dict(self.tasks)
+        other.overrides = list(self.overrides)
         return other
 
     # -- queries --------------------------------------------------------------------------------
     def task(self, name: str) -> Task:
         if name not in self.tasks:
-            raise FlanbuildError(f"unknown task {name!r} (see 'flanbuild tasks')")
+            from flanbuild.pipeline.checks import unknown
+
+            raise unknown("task", name, self.tasks)
         return self.tasks[name]
 
     def check_clusters(self, names: Iterable[str], what: str = "cluster") -> None:
         for name in names:
             if name not in self.clusters:
-                raise FlanbuildError(f"unknown {what} {name!r} (known: {', '.join(sorted(self.clusters))})")
+                from flanbuild.pipeline.checks import unknown
+
+                raise unknown(what, name, self.clusters)
 
 
 def check_template_fields(task: Task) -> None:

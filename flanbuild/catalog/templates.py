@@ -108,20 +108,27 @@ def parse_templates(entries: object, task: str, path: Path | str, doc: object = 
     return out
 
 
-def load_templates_file(path: Path) -> tuple[str, list[Template]]:
-    """Read ``templates/<task>.yaml``; return (task name, templates)."""
-    doc = load_yaml(path)
+def load_templates_file(path: Path, root: Path | None = None, *, with_override: bool = False):
+    """Read ``templates/<task>.yaml``; return (task name, templates), plus its ``override`` flag if asked.
+
+    ``override: true`` lets the file replace the templates of a task defined by an earlier catalog.
+    """
+    doc = load_yaml(path, root)
     if not isinstance(doc, LineDict):
         raise FlanbuildError("a templates file must be a mapping with 'task' and 'templates'", where=str(path))
-    unknown = set(doc) - {"task", "templates"}
+    unknown = set(doc) - {"task", "templates", "override"}
     if unknown:
         raise FlanbuildError(
-            f"unknown key(s) {sorted(map(str, unknown))} (allowed: task, templates)",
+            f"unknown key(s) {sorted(map(str, unknown))} (allowed: task, templates, override)",
             where=where(path, doc, sorted(map(str, unknown))[0]),
         )
+    override = doc.get("override", False)
+    if not isinstance(override, bool):
+        raise FlanbuildError("'override' must be true or false", where=where(path, doc, "override"))
     task = doc.get("task")
     if task != path.stem:
         raise FlanbuildError(
             f"'task: {task}' must equal the file name ({path.stem})", where=where(path, doc, "task")
         )
-    return task, parse_templates(doc.get("templates"), task, path, doc)
+    templates = parse_templates(doc.get("templates"), task, path, doc)
+    return (task, templates, override) if with_override else (task, templates)

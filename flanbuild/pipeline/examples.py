@@ -70,9 +70,14 @@ class ExampleMapper:
     def __call__(self, row: dict, where: str) -> Example | None:
         """The Example for a row, or None when the row has no usable answer (e.g. no reference)."""
         ctx = {name: self._eval(get, row, f"field {name!r}", where) for name, get in self._fields}
+        if None in ctx.values() and self.task.type != "prompted":  # a null text field: the card decides (never rendered as "None")
+            name = next(n for n, v in ctx.items() if v is None)
+            return self._null(f"field {name!r}", where)
         if self.task.type == "prompted":  # the template itself renders input and target from the raw row
             return Example(ctx, [], [])
         answer = self._eval(self._answer, row, "answer", where)
+        if answer is None:
+            return self._null("answer", where)
         if not self.task.is_classification:
             refs = [str(a) for a in answer] if isinstance(answer, (list, tuple)) else [str(answer)]
             refs = [r for r in refs if r.strip()]
@@ -91,6 +96,13 @@ class ExampleMapper:
         ctx["options"] = options
         ctx["answer"] = text
         return Example(ctx, options, [text])
+
+    def _null(self, what: str, where: str) -> None:
+        """A row with a null field: dropped when the card says ``nulls: skip``, else a one-line error."""
+        if getattr(self.task, "nulls", "error") == "skip":
+            return None
+        raise FlanbuildError(f"task {self.task.name}: {what} is null on {where} (add 'nulls: skip' to the card to "
+                             f"drop such rows)", where=self.task.origin or None)
 
     def _answer_text(self, answer: Any, options: list[str], where: str) -> str:
         if isinstance(answer, bool):
@@ -123,14 +135,17 @@ def valid_indices(task: Task, data, mapper: ExampleMapper | None = None, cache_d
     cached = None
     if cache_dir is not None:
         key = hashlib.sha256(f"{data.fingerprint()}\n{task.filter}".encode()).hexdigest()
-        cached = cache_dir / "filters" / f"{key}.npy"
-        if cached.is_file():
-            return np.load(cached)
+        cached = cache_dir / "filters" / f"{key}.idx"
+        hit = _read_filter_cache(cached, n)
+        if hit is not None:
+            return hit
+    from flanbuild.sources.loader import to_rows
+
     mapper = mapper or ExampleMapper(task, data.features)
     keep = []
     offset = 0
     for batch in data.batches():
-        for i, row in enumerate(batch.to_pylist()):
+        for i, row in enumerate(to_rows(batch, data.origin, offset)):
             if mapper.keep(row, f"row {offset + i} of {data.origin}"):
                 keep.append(offset + i)
         offset += batch.num_rows
@@ -138,9 +153,37 @@ def valid_indices(task: Task, data, mapper: ExampleMapper | None = None, cache_d
     if cached is not None:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".{os.getpid()}.tmp.npy")
-            np.save(tmp, result)
+            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+            body = result.astype("<i8").tobytes()
+            tmp.write_bytes(_FILTER_MAGIC + hashlib.sha256(body).digest() + body)
             os.replace(tmp, cached)
         except OSError:
             pass
     return result
+
+
+_FILTER_MAGIC = b"flanbuild-filter-v1\n"
+
+
+def _read_filter_cache(path, num_rows: int) -> np.ndarray | None:
+    """A cached filter result, verified (content hash, sorted distinct in-range indices); None when absent
+    or not trustworthy (a damaged entry is removed and the filter recomputed)."""
+    try:
+        if not path.is_file() or path.is_symlink():
+            return None
+        blob = path.read_bytes()
+    except OSError:
+        return None
+    head = len(_FILTER_MAGIC)
+    body = blob[head + 32:]
+    ok = (blob[:head] == _FILTER_MAGIC and hashlib.sha256(body).digest() == blob[head:head + 32]
+          and len(body) % 8 == 0)
+    if ok:
+        result = np.frombuffer(body, dtype="<i8").astype(np.int64)
+        if len(result) == 0 or (result[0] >= 0 and result[-1] < num_rows and bool(np.all(np.diff(result) > 0))):
+            return result
+    try:
+        path.unlink()
+    except OSError:
+        pass
+    return None
