@@ -97,7 +97,7 @@ def load_recipe(name_or_file: str) -> Recipe:
             raise FlanbuildError(f"unknown mixture {name_or_file!r} (shipped: {', '.join(available())}; or give a YAML file)")
     elif not path.is_file():
         raise FlanbuildError(f"mixture file {path} does not exist")
-    return parse_recipe(load_yaml(path), path)
+    return parse_recipe(load_yaml(path), path)  # load_yaml: regular files of bounded size, no aliases
 
 
 _RECIPE_KEYS = {"name", "description", "submixtures", "prompt", "heldout", "decontaminate"}
@@ -113,8 +113,79 @@ def _check_keys(obj: Any, allowed: set[str], what: str, loc: str) -> dict:
     return obj
 
 
+_MAX_COUNT = 10**9
+#: The type of every recipe field: (kind, minimum, maximum). Checked before anything is converted, so a
+#: wrong type is a file:line error (``task_cap: .inf``, ``ngram: "x"``, ``heldout: 3``), never a traceback
+#: or a silently stringified value.
+_FIELD_TYPES = {
+    "recipe": {"name": ("str",), "description": ("str",), "heldout": ("names",), "submixtures": ("list",),
+               "prompt": ("map",), "decontaminate": ("map",)},
+    "submixture": {"name": ("str",), "weight": ("number", 0, 1e6), "task_cap": ("int", 0, _MAX_COUNT),
+                   "rate_cap": ("int", 0, _MAX_COUNT), "clusters": ("names",), "exclude_clusters": ("names",),
+                   "tasks": ("names",), "exclude_tasks": ("names",), "source": ("str",)},
+    "prompt": {"few_shot": ("number", 0, 1), "options": ("number", 0, 1), "option_layouts": ("bool",),
+               "inverted_weight": ("number?", 0, 1e6), "k": ("ints", 1, 1000), "few_shot_mode": ("str",),
+               "example_separator": ("str",), "target_separator": ("str",),
+               "max_input_tokens": ("int", 16, 10**7), "tokenizer": ("str?",)},
+    "decontaminate": {"ngram": ("int", 0, 1000)},
+}
+
+
+def _type_error(kind: tuple, value: Any) -> str | None:
+    """Why ``value`` is not of ``kind`` (None when it is)."""
+    import math
+
+    name = kind[0].rstrip("?")
+    if kind[0].endswith("?") and value is None:
+        return None
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if name == "str":
+        return None if isinstance(value, str) else "a string"
+    if name == "bool":
+        return None if isinstance(value, bool) else "true or false"
+    if name == "names":
+        return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else "a list of names"
+    if name == "list":
+        return None if isinstance(value, list) else "a list"
+    if name == "map":
+        return None if isinstance(value, dict) else "a mapping"
+    if name == "ints":
+        values = value if isinstance(value, list) else [value]
+        ok = values and all(isinstance(v, int) and not isinstance(v, bool) and kind[1] <= v <= kind[2] for v in values)
+        return None if ok else f"an integer between {kind[1]} and {kind[2]} or a non-empty list of them"
+    if name == "int":
+        return None if is_int and kind[1] <= value <= kind[2] else f"an integer between {kind[1]} and {kind[2]}"
+    if name == "number":
+        ok = (is_int or isinstance(value, float)) and math.isfinite(value) and kind[1] <= value <= kind[2]
+        return None if ok else f"a number between {kind[1]} and {kind[2]}"
+    return None
+
+
+def check_recipe_types(doc: Any, path: Path) -> None:
+    """Every recipe field has its type (see _FIELD_TYPES); errors name the file and line."""
+    def check(mapping: Any, what: str) -> None:
+        if not isinstance(mapping, dict):
+            return
+        for key, kind in _FIELD_TYPES[what].items():
+            if key in mapping and not (mapping[key] is None and key in ("description", "prompt", "decontaminate",
+                                                                        "heldout", "submixtures")):
+                problem = _type_error(kind, mapping[key])
+                if problem:
+                    label = f"{what}." if what != "recipe" else ""
+                    raise FlanbuildError(f"{label}{key} must be {problem}, got {mapping[key]!r}"[:300],
+                                         where=where(path, mapping, key))
+
+    check(doc, "recipe")
+    if isinstance(doc, dict):
+        for entry in doc.get("submixtures") or []:
+            check(entry, "submixture")
+        check(doc.get("prompt"), "prompt")
+        check(doc.get("decontaminate"), "decontaminate")
+
+
 def parse_recipe(doc: Any, path: Path) -> Recipe:
     doc = _check_keys(doc, _RECIPE_KEYS, "mixture", str(path))
+    check_recipe_types(doc, path)
     name = doc.get("name") or path.stem
     subs = []
     for entry in doc.get("submixtures") or []:

@@ -35,3 +35,79 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
         return n
 
     return parse
+
+
+def existing_dir(value: str) -> str:
+    """A directory that exists (``--data-dir /nonexistent`` is an error, not a silent miss)."""
+    import os
+
+    if not os.path.isdir(os.path.expanduser(value)):
+        raise argparse.ArgumentTypeError(f"directory {value} does not exist")
+    return value
+
+
+# -- bounded numbers (every number on the command line is checked: finite, in range) ---------------
+
+MAX_ROWS = 100_000_000  # rows a count option may ask for (train size, caps, shard rows)
+
+
+def int_in(minimum: int, maximum: int, what: str = "an integer") -> Callable[[str], int]:
+    """An integer in [minimum, maximum] (``10**30``, ``-1`` or ``2**80`` are one-line errors)."""
+
+    def parse(value: str) -> int:
+        text = value.strip()
+        if len(text) > 24:
+            raise argparse.ArgumentTypeError(f"expected {what} between {minimum} and {maximum}, got {value[:24]!r}...")
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
+        if not minimum <= n <= maximum:
+            raise argparse.ArgumentTypeError(f"expected {what} between {minimum} and {maximum}, got {n}")
+        return n
+
+    return parse
+
+
+def float_in(minimum: float, maximum: float, what: str = "a number") -> Callable[[str], float]:
+    """A finite float in [minimum, maximum] (``nan``, ``inf`` and ``1e-320`` where 0 is not allowed are errors)."""
+    import math
+
+    def parse(value: str) -> float:
+        try:
+            x = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
+        if not math.isfinite(x) or not minimum <= x <= maximum:
+            raise argparse.ArgumentTypeError(f"expected {what} between {minimum:g} and {maximum:g}, got {value!r}")
+        return x
+
+    return parse
+
+
+def bounded_weight(value: str) -> tuple[str, float]:
+    """``NAME=W`` with a non-empty NAME and a finite weight in (0, 1e6]."""
+    import math
+
+    name, sep, w = value.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        x = float(w)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT, got {value!r}") from None
+    if not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT with a name before '=', got {value!r}")
+    if not math.isfinite(x) or x > 1e6:
+        raise argparse.ArgumentTypeError(f"weight for {name.strip()!r} must be a finite number <= 1e6, got {w!r}")
+    return name.strip(), x
+
+
+seed = int_in(0, 2**63 - 1, "a seed (integer)")
+template_id = int_in(0, 2**31 - 1, "a template id (integer)")
+count = int_in(0, MAX_ROWS, "an integer")
+positive_count = int_in(1, MAX_ROWS, "a positive integer")
+temperature = float_in(0.01, 1000.0, "a temperature")
+max_epochs = float_in(0.0, 1e6, "a number of epochs (0 = no limit)")
+workers = int_in(0, 1024, "a number of workers (0 = all cores)")
+ngram = int_in(0, 1000, "an n-gram length (0 = off)")

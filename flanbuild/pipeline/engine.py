@@ -94,17 +94,66 @@ def cache_key(job: RenderJob, data: SplitData) -> str:
 
 
 def from_cache(shard: Shard) -> ShardResult | None:
-    """The shard's part from the cache, linked into place, if it is there."""
+    """The shard's part from the cache, linked into place, if it is there and verifies.
+
+    An entry is trusted only if its metadata names this cache key, its part file has the SHA-256
+    recorded when it was written, and its row count matches: a corrupted, edited or swapped entry is
+    removed and the shard rendered again.
+    """
     if shard.cache_dir is None:
         return None
     cached = shard.cache_dir / shard.cache_key[:2] / f"{shard.cache_key}.parquet"
     meta = cached.with_suffix(".json")
-    if not (cached.is_file() and meta.is_file()):
+    if not (cached.exists() or meta.exists()):
         return None
-    stats = RenderStats(**json.loads(meta.read_text()))
-    stats.per_template = {int(k): v for k, v in stats.per_template.items()}
+    stats = _verified_entry(cached, meta, shard.cache_key)
+    if stats is None:
+        for path in (cached, meta):
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        return None
     _link_or_copy(cached, shard.path)
     return ShardResult(shard.number, shard.path, stats, True)
+
+
+def _verified_entry(cached: Path, meta: Path, key: str) -> RenderStats | None:
+    """The entry's RenderStats if the entry verifies (see from_cache), else None."""
+    import pyarrow.parquet as pq
+
+    from flanbuild.pipeline.render import OUTPUT_SCHEMA
+
+    try:
+        if cached.is_symlink() or meta.is_symlink() or not (cached.is_file() and meta.is_file()):
+            return None
+        doc = json.loads(meta.read_text(encoding="utf-8"))
+        if not isinstance(doc, dict) or doc.get("key") != key or not isinstance(doc.get("sha256"), str):
+            return None
+        if _sha256(cached) != doc["sha256"]:
+            return None
+        raw = doc.get("stats")
+        stats = RenderStats(rows=raw["rows"], dropped=raw["dropped"],
+                            per_template={int(k): int(v) for k, v in raw["per_template"].items()},
+                            per_type={str(k): int(v) for k, v in raw["per_type"].items()})
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (stats.rows, stats.dropped)):
+            return None
+        pf = pq.ParquetFile(cached)
+        if pf.schema_arrow != OUTPUT_SCHEMA or pf.metadata.num_rows != stats.rows:
+            return None
+        return stats
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        return None
+    except Exception:  # noqa: BLE001 - pyarrow's errors on a damaged file: not trustworthy
+        return None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def run_shard(shard: Shard) -> ShardResult:
@@ -134,7 +183,8 @@ def _store(part: Path, stats: RenderStats, directory: Path, key: str) -> None:
         shutil.copyfile(part, tmp)
         os.replace(tmp, directory / f"{key}.parquet")
         meta_tmp = directory / f".{key}.{os.getpid()}.json.tmp"
-        meta_tmp.write_text(json.dumps(asdict(stats)))
+        meta_tmp.write_text(json.dumps({"key": key, "sha256": _sha256(directory / f"{key}.parquet"),
+                                        "stats": asdict(stats)}))
         os.replace(meta_tmp, directory / f"{key}.json")
     except OSError:
         pass  # a cache that cannot be written only costs time
@@ -174,12 +224,80 @@ def run(shards: list[Shard], *, engine: str = "local", workers: int = 1, schedul
         # rendering modules are imported once in the server, not per worker.
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["flanbuild.pipeline.engine"])
-        with ProcessPoolExecutor(max_workers=min(workers, len(shards)), mp_context=ctx) as pool:
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(shards)), mp_context=ctx,
+                                   initializer=_worker_init, initargs=(os.getpid(),))
+        restore = _terminate_on_sigterm()
+        try:
             results = []
             for result in pool.map(run_shard, _largest_first(shards)):
                 results.append(result)
                 on_done(result)
+        except BaseException:
+            _kill_pool(pool)  # an error, Ctrl-C or SIGTERM: no worker outlives the build
+            raise
+        finally:
+            restore()
+            pool.shutdown(wait=True, cancel_futures=True)
     return sorted(hits + results, key=lambda r: r.number)
+
+
+def _worker_init(parent_pid: int) -> None:
+    """In each worker: die with the build. Linux: SIGKILL when the parent (the fork server, which exits
+    when the build does) dies; everywhere: a watchdog thread that exits once the build's process is gone.
+    Ctrl-C is the build's to handle (it terminates the workers)."""
+    import signal
+    import threading
+    import time
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                pass
+            if os.getppid() == 1:
+                os._exit(1)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, name="flanbuild-parent-watch", daemon=True).start()
+
+
+def _terminate_on_sigterm():
+    """While the pool runs, SIGTERM ends the build like Ctrl-C (cleanup runs, workers are terminated)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:
+        return lambda: None
+
+    def on_term(signum, frame):  # noqa: ARG001
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _kill_pool(pool: ProcessPoolExecutor) -> None:
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            process.terminate()
+        except (OSError, AttributeError):
+            pass
 
 
 def _largest_first(shards: list[Shard]) -> Iterable[Shard]:
