@@ -10,6 +10,7 @@ import os
 import platform
 import shutil
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
@@ -20,7 +21,10 @@ from flanbuild.pipeline import decontam
 from flanbuild.pipeline import engine
 from flanbuild.pipeline import mixer
 from flanbuild.pipeline import writer
+from flanbuild.pipeline import checks
 from flanbuild.output.card import write_card
+from flanbuild.output.stats import StatsCollector
+from flanbuild.output.manifest import SCHEMA_VERSION, Manifest, TaskRecord, fingerprint, write_manifest
 from flanbuild.errors import FlanbuildError
 from flanbuild.pipeline.examples import ExampleMapper, valid_indices
 from flanbuild.catalog.recipes import Recipe, Submixture
@@ -28,6 +32,7 @@ from flanbuild.pipeline.progress import Progress
 from flanbuild.catalog.registry import Registry, default_registry
 from flanbuild.pipeline.render import RenderJob, RenderStats
 from flanbuild.sources.loader import DataNotFound, SplitData, load_split, source_overlaps
+from flanbuild.sources import sample
 from flanbuild.catalog.tasks import Task
 
 EXEMPLAR_POOL = 10_000  # few-shot exemplars come from at most this many rows of a task (bounded memory)
@@ -46,6 +51,7 @@ class BuildConfig:
     tasks: tuple[str, ...] = ()  # build only these tasks (default: all)
     clusters: tuple[str, ...] = ()  # build only tasks of these clusters (default: all)
     strict: bool = False  # a task whose data is missing is an error, not a skip
+    allow_empty_split: bool = False  # write a mixture whose eval (or train) split is empty, leaving it out of the card
     niv2_dir: Path | None = None  # Super-NaturalInstructions root (tasks/*.json, splits/default/*.txt)
     promptsource_dir: Path | None = None  # promptsource templates (<dataset>/<subset>/templates.yaml)
     workers: int = 0  # render processes (0 = all cores); the output is the same for any number
@@ -54,6 +60,7 @@ class BuildConfig:
     cache_dir: Path | None = None  # rendered-shard cache (default: $FLANBUILD_CACHE or ~/.cache/flanbuild)
     use_cache: bool = True
     shard_rows: int = 250_000
+    plots: bool = True  # the card's PNG pictures (matplotlib); off for speed, the Parquet bytes are the same
     command: str = ""  # the command line, recorded in the card
 
     @staticmethod
@@ -65,7 +72,7 @@ class BuildConfig:
 @dataclass(frozen=True)
 class BuildResult:
     out: Path
-    manifest: dict
+    manifest: Manifest
     shards: int = 0  # render shards of this build (not in the manifest: they do not change its bytes)
     cached_shards: int = 0  # how many came from the cache
 
@@ -107,132 +114,199 @@ def _add_providers(registry: Registry, config: BuildConfig) -> dict[str, str]:
     return unmatched
 
 
+@dataclass
+class Selection:
+    """Stage 1's answer: which tasks take part, in which role, on which data."""
+
+    group: dict[str, Submixture] = field(default_factory=dict)  # task -> its submixture
+    roles: dict[str, str] = field(default_factory=dict)  # task -> train | eval
+    data: dict[str, SplitData] = field(default_factory=dict)
+    valid: dict[str, np.ndarray] = field(default_factory=dict)  # usable row indices of each task's split
+    skipped: dict[str, str] = field(default_factory=dict)  # task -> why it has no data
+    removed_tasks: list[str] = field(default_factory=list)
+    unselected: list[str] = field(default_factory=list)
+    unmatched: dict[str, str] = field(default_factory=dict)  # promptsource files that matched no task
+
+
 def build(config: BuildConfig, registry: Registry | None = None, progress: Progress | None = None) -> BuildResult:
-    """Build a mixture into ``config.out``. Raises FlanbuildError on bad input; writes nothing then."""
+    """Build a mixture into ``config.out``. Raises FlanbuildError on bad input; writes nothing then.
+
+    The stages run in order and hand their results forward explicitly: check the inputs, select the
+    tasks and their data, plan the mix, render, decontaminate, write the splits, describe the build.
+    """
     log = progress or Progress("quiet")
     started = time.perf_counter()
     out = Path(config.out).expanduser().absolute()
-    writer.check_output_path(out)
-    for d in (*config.data_dirs, *(p for p in (config.niv2_dir, config.promptsource_dir) if p is not None)):
-        if not Path(d).is_dir():
-            raise FlanbuildError(f"directory {d} does not exist")
-    registry = (registry.copy() if registry else load_registry(config.catalogs))
-    unmatched = _add_providers(registry, config)
-    recipe, style = config.recipe, config.recipe.prompt
+    if out.is_symlink():  # built at the link's target: the link stays a link, to the new output
+        out = out.resolve()
+    registry, unmatched = _check_inputs(config, out, registry)
+    checks.check_names(registry, config)
     cache_dir = (config.cache_dir or engine.default_cache_dir()) if config.use_cache else None
-    held, removed = mixer.excluded_clusters(registry.clusters, config.mix.heldout, config.mix.extra_removals)
-    for name in config.tasks:
-        registry.task(name)
-    registry.check_clusters(config.clusters)
-    for sub in recipe.submixtures:
-        registry.check_clusters(sub.clusters, f"cluster in submixture {sub.name}")
-
-    # 1. Which submixture each task belongs to, which split it uses, and how many usable rows it has.
-    group: dict[str, Submixture] = {}
-    roles: dict[str, str] = {}
-    skipped: dict[str, str] = {}
-    removed_tasks, unselected = [], []
-    data: dict[str, SplitData] = {}
-    valid: dict[str, np.ndarray] = {}
-    for name in sorted(config.tasks or registry.tasks):
-        task = registry.tasks[name]
-        if config.clusters and task.cluster not in config.clusters:
-            continue
-        sub = next((s for s in recipe.submixtures if s.selects(name, task.cluster, task.provider)), None)
-        if sub is None:
-            unselected.append(name)
-            continue
-        if task.cluster in removed:
-            removed_tasks.append(name)
-            continue
-        role = "eval" if task.cluster in held else "train"
-        try:
-            if role == "eval" and task.provider == "promptsource":
-                raise DataNotFound("promptsource tasks are training-only; its cluster is held out")
-            split = load_split(task, role, [Path(d) for d in config.data_dirs])
-            rows = valid_indices(task, split, cache_dir=cache_dir)
-            if len(rows) == 0:
-                raise DataNotFound(f"the {role} split has no usable rows")
-        except DataNotFound as e:
-            if config.strict:
-                raise FlanbuildError(f"task {name}: {e}") from None
-            skipped[name] = str(e)
-            log.skip(name, str(e))
-            continue
-        group[name], roles[name], data[name], valid[name] = sub, role, split, rows
-    if not any(r == "eval" for r in roles.values()):
-        msg = f"no eval data: no task of the held-out cluster(s) {', '.join(sorted(held))} has data here"
-        if config.strict:
-            raise FlanbuildError(msg)
-        log(f"warning: {msg}")
-    for msg in source_overlaps({n: (registry.tasks[n], r) for n, r in roles.items()}):
-        if config.strict:
-            raise FlanbuildError(msg)
-        log(f"warning: {msg}")
-
-    # 2. The mix: rates and counts for training tasks, then the rows themselves.
-    train = sorted(n for n in roles if roles[n] == "train")
-    shares = mixer.plan_train({n: len(valid[n]) for n in train}, {n: registry.tasks[n].cluster for n in train},
-                              config.mix, {n: group[n].name for n in train}, {s.name: s for s in recipe.submixtures})
-    jobs: list[RenderJob] = []
-    for name in sorted(roles):
-        task, sub = registry.tasks[name], group[name].name
-        if roles[name] == "train":
-            s = shares[name]
-            indices = mixer.select_rows(config.seed, name, "train", valid[name], s.used, s.count)
-            pool = (mixer.ranked_pool(config.seed, name, "train", valid[name], min(s.used, EXEMPLAR_POOL))
-                    if style.few_shot > 0 else np.zeros(0, dtype=np.int64))
-            if style.few_shot > 0 and task.type != "prompted" and len(pool) <= max(style.k):
-                raise FlanbuildError(f"task {name}: few-shot k={max(style.k)} needs at least {max(style.k) + 1} "
-                                     f"training rows (the query is never its own exemplar); it has {len(pool)}")
-            jobs.append(RenderJob(task, "train", indices, config.seed, sub, style=style, exemplars=pool))
-        else:
-            indices = mixer.select_eval(config.seed, name, valid[name], config.mix.eval_cap)
-            jobs.append(RenderJob(task, "eval", indices, config.seed, sub, all_templates=True))
-
+    held, removed = mixer.excluded_clusters(registry.clusters, config.mix.heldout or config.recipe.heldout,
+                                            config.mix.extra_removals)
+    selection = _select(config, registry, held, removed, cache_dir, log)
+    selection.unmatched = unmatched
+    jobs, shares = _plan(config, registry, selection)
+    for note in checks.plan_notes(config, {n: t.cluster for n, t in registry.tasks.items()}, selection.roles, shares):
+        log(note)
     stage = writer.staging_dir(out)
     try:
-        # 3. Render each job, in shards, into part files in the staging directory (or take them from the cache).
         parts_dir = stage / ".parts"
         parts_dir.mkdir()
-        paths, stats, n_shards, cached = _render(jobs, data, roles, parts_dir, cache_dir, config, log)
-
-        # 4. Decontaminate: no train row may reproduce an eval input (or share an n-gram with eval text).
-        decontaminated = _decontaminate(jobs, data, paths, stats, recipe.decontaminate_ngram, log)
-
-        # 5. Assemble the splits and describe the build.
-        parts = {role: [writer.Part(j.task.name, tuple(paths[j.task.name]), stats[j.task.name].rows)
-                        for j in jobs if j.role == role] for role in writer.SPLITS}
-        files = writer.write_split(stage, "train", parts["train"], interleave=True, seed=config.seed,
-                                   shard_rows=config.shard_rows)
-        files += writer.write_split(stage, "eval", parts["eval"], interleave=False, seed=config.seed,
-                                    shard_rows=config.shard_rows)
+        paths, stats, n_shards, cached = _render(jobs, selection.data, selection.roles, parts_dir, cache_dir, config, log)
+        decontaminated = _decontaminate(jobs, selection.data, paths, stats, config.recipe.decontaminate_ngram, log)
+        collector = StatsCollector(config.seed, config.recipe.prompt.tokenizer)
+        files = _write_splits(stage, jobs, paths, stats, config, collector.add)
         shutil.rmtree(parts_dir)
-        manifest = {
-            "flanbuild_manifest": 1,
-            "fingerprint": writer.fingerprint(files),
-            "command": config.command,
-            "config": _config_record(config, held, removed),
-            "counts": {split: sum(f.rows for f in files if f.path.startswith(f"data/{split}-")) for split in writer.SPLITS},
-            "decontaminated": {"total": sum(decontaminated.values()), "per_task": dict(sorted(decontaminated.items()))},
-            "tasks": {j.task.name: _task_entry(j, data[j.task.name], stats[j.task.name], shares.get(j.task.name),
-                                               decontaminated.get(j.task.name, 0)) for j in jobs},
-            "removed_tasks": removed_tasks,
-            "unselected_tasks": unselected,
-            "skipped": {**skipped, **unmatched},
-            "files": [asdict(f) for f in files],
-            "versions": _versions(),
-        }
-        writer.write_json(stage / "mixture.json", manifest)
-        write_card(stage, manifest, registry.tasks, style.tokenizer)
+        manifest = _describe(config, selection, jobs, stats, shares, decontaminated, files, held, removed)
+        if registry.overrides:  # catalog entries that replaced earlier ones (override: true): on record
+            manifest["config"]["overrides"] = [dict(o) for o in registry.overrides]
+        empty = [split for split, rows in manifest["counts"].items() if rows == 0]
+        if empty and not config.allow_empty_split:  # e.g. decontamination removed every train row
+            raise FlanbuildError(f"the {' and '.join(empty)} split of this build would be empty "
+                                 "(--allow-empty-split writes the mixture without it)")
+        write_manifest(stage, manifest)
+        write_card(stage, manifest, registry.tasks, plots=config.plots, stats=collector.finish(manifest))
         writer.publish(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     log.finish(f"wrote {out}: train {manifest['counts']['train']} rows, eval {manifest['counts']['eval']} rows, "
-               f"{len(skipped)} task(s) skipped, {manifest['decontaminated']['total']} train rows decontaminated, "
-               f"{time.perf_counter() - started:.1f}s")
+               f"{len(selection.skipped)} task(s) skipped, {manifest['decontaminated']['total']} train rows "
+               f"decontaminated, {time.perf_counter() - started:.1f}s")
     return BuildResult(out, manifest, n_shards, cached)
+
+
+def _check_inputs(config: BuildConfig, out: Path, registry: Registry | None) -> tuple[Registry, dict[str, str]]:
+    """Stage 0: refuse bad input before any work.
+
+    Returns the build's own copy of the registry, with the NIv2/promptsource tasks added, and the
+    promptsource files that matched no task.
+    """
+    writer.check_output_path(out)
+    from flanbuild.output.replace import check_replaceable
+
+    check_replaceable(out)  # only a verified flanbuild output holding nothing else is replaced
+    for d in (*config.data_dirs, *(p for p in (config.niv2_dir, config.promptsource_dir) if p is not None)):
+        if not Path(d).is_dir():
+            raise FlanbuildError(f"directory {d} does not exist")
+    registry = (registry.copy() if registry else load_registry(config.catalogs))
+    unmatched = _add_providers(registry, config)
+    for name in config.tasks:
+        registry.task(name)
+    registry.check_clusters(config.clusters)
+    for sub in config.recipe.submixtures:
+        registry.check_clusters(sub.clusters, f"cluster in submixture {sub.name}")
+    return registry, unmatched
+
+
+def _select(config: BuildConfig, registry: Registry, held: set[str], removed: set[str], cache_dir: Path | None,
+            log: Progress) -> Selection:
+    """Stage 1: each task's submixture and role, and its data with the usable rows (or why it has none)."""
+    sel = Selection()
+    for name in sorted(config.tasks or registry.tasks):
+        task = registry.tasks[name]
+        if config.clusters and task.cluster not in config.clusters:
+            continue
+        sub = next((s for s in config.recipe.submixtures if s.selects(name, task.cluster, task.provider)), None)
+        if sub is None:
+            sel.unselected.append(name)
+        elif task.cluster in removed:
+            sel.removed_tasks.append(name)
+        else:
+            _load_task(config, task, sub, "eval" if task.cluster in held else "train", sel, cache_dir, log)
+    from_sample = [n for n, d in sel.data.items() if d.origin.startswith(sample.ORIGIN_PREFIX)]
+    if from_sample:
+        log(sample.notice(len(from_sample)))
+    if not any(r == "eval" for r in sel.roles.values()):
+        msg = f"no eval data: no task of the held-out cluster(s) {', '.join(sorted(held))} has data here"
+        if config.strict or not config.allow_empty_split:
+            raise FlanbuildError(msg + " (give --data-dir or --heldout another cluster; --allow-empty-split "
+                                 "writes a train-only mixture)")
+        log(f"warning: {msg}")
+    for msg in source_overlaps({n: (registry.tasks[n], r) for n, r in sel.roles.items()}):
+        if config.strict:
+            raise FlanbuildError(msg)
+        log(f"warning: {msg}")
+    return sel
+
+
+def _load_task(config: BuildConfig, task: Task, sub: Submixture, role: str, sel: Selection, cache_dir: Path | None,
+               log: Progress) -> None:
+    """Find one task's split and its usable rows, recording it in ``sel`` (or recording the skip)."""
+    try:
+        if role == "eval" and task.provider == "promptsource":
+            raise DataNotFound("promptsource tasks are training-only; its cluster is held out")
+        split = load_split(task, role, [Path(d) for d in config.data_dirs])
+        rows = valid_indices(task, split, cache_dir=cache_dir)
+        if len(rows) == 0:
+            raise DataNotFound(f"the {role} split has no usable rows")
+    except DataNotFound as e:
+        if config.strict:
+            raise FlanbuildError(f"task {task.name}: {e}") from None
+        sel.skipped[task.name] = str(e)
+        log.skip(task.name, str(e))
+        return
+    sel.group[task.name], sel.roles[task.name], sel.data[task.name], sel.valid[task.name] = sub, role, split, rows
+
+
+def _plan(config: BuildConfig, registry: Registry, sel: Selection) -> tuple[list[RenderJob], dict[str, mixer.TaskShare]]:
+    """Stage 2: the mix (rates and counts of training tasks), then the rows each task renders."""
+    style = config.recipe.prompt
+    train = sorted(n for n in sel.roles if sel.roles[n] == "train")
+    eval_only = not train and config.allow_empty_split and any(r == "eval" for r in sel.roles.values())
+    shares = {} if eval_only else mixer.plan_train({n: len(sel.valid[n]) for n in train}, {n: registry.tasks[n].cluster for n in train},
+                              config.mix, {n: sel.group[n].name for n in train},
+                              {s.name: s for s in config.recipe.submixtures})
+    jobs: list[RenderJob] = []
+    for name in sorted(sel.roles):
+        task, sub, valid = registry.tasks[name], sel.group[name].name, sel.valid[name]
+        if sel.roles[name] == "eval":
+            indices = mixer.select_eval(config.seed, name, valid, config.mix.eval_cap)
+            jobs.append(RenderJob(task, "eval", indices, config.seed, sub, all_templates=True))
+            continue
+        share = shares[name]
+        indices = mixer.select_rows(config.seed, name, "train", valid, share.used, share.count)
+        pool = np.zeros(0, dtype=np.int64)
+        if style.few_shot > 0:
+            pool = mixer.ranked_pool(config.seed, name, "train", valid, min(share.used, EXEMPLAR_POOL))
+            if task.type != "prompted" and len(pool) <= max(style.k):
+                raise FlanbuildError(f"task {name}: few-shot k={max(style.k)} needs at least {max(style.k) + 1} "
+                                     f"training rows (the query is never its own exemplar); it has {len(pool)}")
+        jobs.append(RenderJob(task, "train", indices, config.seed, sub, style=style, exemplars=pool))
+    return jobs, shares
+
+
+def _write_splits(stage: Path, jobs: list[RenderJob], paths: dict[str, list[Path]], stats: dict[str, RenderStats],
+                  config: BuildConfig, observe) -> list[writer.DataFile]:
+    """Stage 5: the rendered parts assembled into the train (interleaved) and eval split files."""
+    parts = {role: [writer.Part(j.task.name, tuple(paths[j.task.name]), stats[j.task.name].rows)
+                    for j in jobs if j.role == role] for role in writer.SPLITS}
+    return [f for role in writer.SPLITS
+            for f in writer.write_split(stage, role, parts[role], interleave=role == "train", seed=config.seed,
+                                        shard_rows=config.shard_rows, observe=observe)]
+
+
+def _describe(config: BuildConfig, sel: Selection, jobs: list[RenderJob],
+              stats: dict[str, RenderStats], shares: dict[str, mixer.TaskShare], decontaminated: dict[str, int],
+              files: list[writer.DataFile], held: set[str], removed: set[str]) -> Manifest:
+    """Stage 6: mixture.json, the record of everything above."""
+    records = [asdict(f) for f in files]
+    return {
+        "flanbuild_manifest": SCHEMA_VERSION,
+        "fingerprint": fingerprint(records),
+        "command": config.command,
+        "config": _config_record(config, held, removed),
+        "counts": {split: sum(f.rows for f in files if f.path.startswith(f"data/{split}-")) for split in writer.SPLITS},
+        "decontaminated": {"total": sum(decontaminated.values()), "per_task": dict(sorted(decontaminated.items()))},
+        "tasks": {j.task.name: _task_entry(j, sel.data[j.task.name], stats[j.task.name], shares.get(j.task.name),
+                                           decontaminated.get(j.task.name, 0)) for j in jobs},
+        "removed_tasks": sel.removed_tasks,
+        "unselected_tasks": sel.unselected,
+        "skipped": {**sel.skipped, **sel.unmatched},
+        "files": records,
+        "versions": _versions(),
+    }
 
 
 def _render(jobs: list[RenderJob], data: dict[str, SplitData], roles: dict[str, str], parts_dir: Path,
@@ -278,12 +352,16 @@ def _decontaminate(jobs: list[RenderJob], data: dict[str, SplitData], paths: dic
     removed: dict[str, int] = {}
     for job in jobs:
         if job.role == "train" and not index.empty:
-            counts = [decontam.filter_part(p, index) for p in paths[job.task.name]]
-            gone = sum(c[1] for c in counts)
+            st = stats[job.task.name]
+            results = [decontam.filter_part(p, index) for p in paths[job.task.name]]
+            gone = sum((r[1] for r in results), Counter())
             if gone:
-                removed[job.task.name] = gone
-                stats[job.task.name].rows = sum(c[0] for c in counts)
-                log(f"decontaminated {job.task.name}: removed {gone} train rows that overlap eval")
+                removed[job.task.name] = sum(gone.values())
+                st.rows = sum(r[0] for r in results)
+                for (template_id, template_type), n in gone.items():
+                    st.per_template[template_id] -= n
+                    st.per_type[template_type] -= n
+                log(f"decontaminated {job.task.name}: removed {removed[job.task.name]} train rows that overlap eval")
     return removed
 
 
@@ -341,15 +419,17 @@ def _eval_texts(eval_jobs: list[RenderJob], data: dict[str, SplitData]):
 
 
 def _task_entry(job: RenderJob, split: SplitData, stats: RenderStats, share: mixer.TaskShare | None,
-                decontaminated: int) -> dict:
+                decontaminated: int) -> TaskRecord:
     task: Task = job.task
-    entry = {
+    entry: TaskRecord = {
         "role": job.role,
         "cluster": task.cluster,
         "submixture": job.task_source,
         "provider": task.provider,
         "source": split.origin,
+        "metric": task.metric,
         "templates": len(task.templates),
+        "inverted_templates": sorted(t.id for t in task.templates if t.inverted),
         "examples": int(len(np.unique(job.indices))),
         "rows": stats.rows,
         "dropped": stats.dropped,

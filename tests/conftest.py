@@ -133,3 +133,24 @@ def toy_registry(toy_catalog):
     registry = Registry()
     registry.load_catalog(toy_catalog)
     return registry
+
+
+# -- building and reading toy mixtures (shared by the test files) ---------------------------------
+
+def toy_build(registry, out: Path, *, mix=None, plots: bool = False, **config):
+    """Build with the toy catalog's defaults: toy_nli held out; no pictures unless a test looks at them."""
+    from flanbuild.builder import BuildConfig, build
+    from flanbuild.pipeline.mixer import MixConfig
+
+    if mix is None or isinstance(mix, dict):
+        mix = MixConfig(**{"heldout": ("toy_nli",), **(mix or {})})
+    return build(BuildConfig(out=out, mix=mix, plots=plots, **config), registry=registry)
+
+
+def read_split(out: Path, split: str):
+    """All rows of one split of a build, as one pyarrow Table (shards in order)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pa.concat_tables(pq.read_table(p) for p in sorted((Path(out) / "data").glob(f"{split}-*.parquet")))
+

@@ -124,3 +124,20 @@ def test_no_function_above_the_complexity_bound(path):
                    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
                    and (c := cyclomatic_complexity(node)) > MAX_COMPLEXITY]
     assert not too_complex, f"split these into named steps (bound {MAX_COMPLEXITY}): {too_complex}"
+
+
+def test_manifest_doc_lists_every_field_of_the_schema():
+    """docs/manifest.md has one table per TypedDict of output/manifest.py, with exactly its fields."""
+    import re
+    import typing
+
+    from flanbuild.output import manifest
+
+    doc = (PACKAGE.parent / "docs" / "manifest.md").read_text(encoding="utf-8")
+    sections = dict(re.findall(r"^### `(\w+)`\n(.*?)(?=^### |\Z)", doc, re.S | re.M))
+    for record in (manifest.Manifest, manifest.ConfigRecord, manifest.TaskRecord, manifest.DecontaminationRecord,
+                   manifest.DataFileRecord):
+        assert record.__name__ in sections, f"docs/manifest.md has no section for {record.__name__}"
+        documented = re.findall(r"^\| `(\w+)` \|", sections[record.__name__], re.M)
+        assert documented == list(typing.get_type_hints(record)), record.__name__
+    assert f"(now {manifest.SCHEMA_VERSION})" in doc

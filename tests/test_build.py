@@ -4,26 +4,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
-from flanbuild.builder import BuildConfig, build
 from flanbuild.errors import FlanbuildError
 from flanbuild.pipeline.mixer import MixConfig
-from conftest import REPO, write
-
-
-def read_split(out: Path, split: str):
-    import pyarrow as pa
-
-    return pa.concat_tables(pq.read_table(p) for p in sorted((out / "data").glob(f"{split}-*.parquet")))
-
-
-def toy_build(toy_registry, out, **kw):
-    mix = kw.pop("mix", MixConfig(heldout=("toy_nli",)))
-    return build(BuildConfig(out=out, mix=mix, **kw), registry=toy_registry)
+from conftest import REPO, read_split, toy_build, write
 
 
 def test_build_splits_clusters_and_counts(toy_registry, tmp_path):
@@ -209,8 +195,6 @@ def test_default_mixture_on_mirror(mirror, tmp_path):
 
 @pytest.mark.slow
 def test_flan2022_on_mirror(mirror, tmp_path):
-    import pyarrow as pa
-
     niv2 = mirror.parent / "niv2"
     args = ["build", "--mixture", "flan2022", "--data-dir", str(mirror), "--niv2-dir", str(niv2), "-q"]
     assert run_cli(*args, "--out", str(tmp_path / "a"), cwd=REPO).returncode == 0

@@ -10,16 +10,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 
-from flanbuild.builder import BuildConfig, build
 from flanbuild.output.card import _yaml_header, code, md, render_card, write_card
-from flanbuild.pipeline.mixer import MixConfig
 from flanbuild.catalog.registry import Registry
 from flanbuild.output.stats import LengthDist, scan
+from conftest import read_split, toy_build
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -36,12 +33,9 @@ def licensed_registry(toy_catalog: Path) -> Registry:
 
 
 def toy_out(registry: Registry, out: Path, seed: int = 0, **mix) -> tuple[Path, dict]:
-    result = build(BuildConfig(out=out, seed=seed, mix=MixConfig(heldout=("toy_nli",), **mix)), registry=registry)
+    """A toy build with its pictures (the card tests look at them)."""
+    result = toy_build(registry, out, seed=seed, mix=mix, plots=True)
     return result.out, result.manifest
-
-
-def read_split(out: Path, split: str) -> pa.Table:
-    return pa.concat_tables(pq.read_table(p) for p in sorted((out / "data").glob(f"{split}-*.parquet")))
 
 
 # -- a checker for rendered Markdown --------------------------------------------------------------
@@ -305,7 +299,8 @@ def test_card_of_a_build_without_eval_data(toy_catalog, tmp_path):
         (toy_catalog / "data" / f"{name}_eval.jsonl").unlink()
     registry = Registry()
     registry.load_catalog(toy_catalog)
-    out, manifest = toy_out(registry, tmp_path / "out")
+    result = toy_build(registry, tmp_path / "out", plots=True, allow_empty_split=True)  # else an error
+    out, manifest = result.out, result.manifest
     assert manifest["counts"]["eval"] == 0
     write_card(out, manifest, registry.tasks)
     card = (out / "README.md").read_text()

@@ -8,7 +8,7 @@ from flanbuild.builder import BuildConfig, build
 from flanbuild.pipeline.mixer import MixConfig
 from flanbuild.catalog.registry import Registry
 from flanbuild.pipeline.render import RenderJob
-from conftest import write
+from conftest import toy_build, write
 
 
 def test_split_job_cuts_at_fixed_places_never_inside_repeats(toy_registry):
@@ -40,7 +40,7 @@ def small_shards(monkeypatch):
 
 
 def _build(registry, out, **kw):
-    return build(BuildConfig(out=out, mix=MixConfig(heldout=("toy_nli",), train_size=900), **kw), registry=registry)
+    return toy_build(registry, out, mix={"train_size": 900}, **kw)
 
 
 def _bytes(result):

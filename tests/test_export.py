@@ -10,20 +10,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flanbuild.builder import BuildConfig, build
 from flanbuild.errors import FlanbuildError
 from flanbuild.output.export import FORMATS, convert, export
-from flanbuild.pipeline.mixer import MixConfig
+from conftest import read_split, toy_build
 
 
 @pytest.fixture
 def mixture(toy_registry, tmp_path) -> Path:
-    return build(BuildConfig(out=tmp_path / "mix", shard_rows=150, mix=MixConfig(heldout=("toy_nli",))),
-                 registry=toy_registry).out
+    return toy_build(toy_registry, tmp_path / "mix", shard_rows=150).out
 
 
-def source(out: Path, split: str) -> pa.Table:
-    return pa.concat_tables(pq.read_table(p) for p in sorted((out / "data").glob(f"{split}-*.parquet")))
+source = read_split
 
 
 def load(folder: Path, tmp_path: Path):

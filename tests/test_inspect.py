@@ -9,22 +9,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from flanbuild.builder import BuildConfig, build
 from flanbuild.cli.main import main, make_parser
-from flanbuild.pipeline.mixer import MixConfig
 from flanbuild.pipeline.progress import Progress
+from conftest import read_split, toy_build
 
 
 def toy(registry, out: Path, seed: int = 0, **mix) -> Path:
-    return build(BuildConfig(out=out, seed=seed, mix=MixConfig(heldout=("toy_nli",), **mix)), registry=registry).out
+    return toy_build(registry, out, seed=seed, mix=mix).out
 
 
 def split_rows(out: Path, split: str) -> list[dict]:
-    return pa.concat_tables(pq.read_table(p) for p in sorted((out / "data").glob(f"{split}-*.parquet"))).to_pylist()
+    return read_split(out, split).to_pylist()
 
 
 def cli(capsys, *argv) -> tuple[int, str, str]:

@@ -4,9 +4,6 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from flanbuild.pipeline import layouts
@@ -15,7 +12,7 @@ from flanbuild.errors import FlanbuildError
 from flanbuild.pipeline.mixer import MixConfig
 from flanbuild.catalog.recipes import PromptStyle, Recipe, Submixture, load_recipe
 from flanbuild.catalog.registry import Registry
-from conftest import write, write_jsonl
+from conftest import read_split, write, write_jsonl
 
 STYLE = PromptStyle(few_shot=0.5, options=0.5, option_layouts=True, k=(1, 2, 3))
 
@@ -60,7 +57,7 @@ def run(registry, out, seed=0, **style):
 
 
 def train_rows(out: Path) -> list[dict]:
-    return pa.concat_tables(pq.read_table(p) for p in sorted((out / "data").glob("train-*"))).to_pylist()
+    return read_split(out, "train").to_pylist()
 
 
 def test_template_type_ratios(mc_registry, tmp_path):
