@@ -141,3 +141,17 @@ def test_manifest_doc_lists_every_field_of_the_schema():
         documented = re.findall(r"^\| `(\w+)` \|", sections[record.__name__], re.M)
         assert documented == list(typing.get_type_hints(record)), record.__name__
     assert f"(now {manifest.SCHEMA_VERSION})" in doc
+
+
+def test_public_api_is_small_and_build_stays_a_function():
+    """``import flanbuild as fb`` shows the API in dir(); importing a name never shadows ``fb.build``."""
+    import subprocess
+    import sys
+
+    code = ("import flanbuild as fb\nfrom flanbuild import BuildConfig, MixConfig\n"
+            "assert callable(fb.build) and not isinstance(fb.build, type(fb)), fb.build\n"
+            "assert {'build', 'BuildConfig', 'Registry', 'Task', 'Template', 'FlanbuildError'} <= set(dir(fb))\n"
+            "print(sorted(m for m in ('torch', 'datasets', 'transformers') if m in __import__('sys').modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
