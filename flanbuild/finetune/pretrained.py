@@ -58,7 +58,10 @@ def is_pretrained(name: str) -> bool:
 
 
 def cache_root() -> Path:
-    """Where converted models live: ``$FLANBUILD_CACHE/models`` or ``~/.cache/flanbuild/models``."""
+    """Where converted models live: ``$FLANBUILD_MODEL_CACHE``, else ``$FLANBUILD_CACHE/models``, else
+    ``~/.cache/flanbuild/models``."""
+    if os.environ.get("FLANBUILD_MODEL_CACHE"):
+        return Path(os.environ["FLANBUILD_MODEL_CACHE"]).expanduser()
     base = os.environ.get("FLANBUILD_CACHE")
     root = Path(base).expanduser() if base else Path.home() / ".cache" / "flanbuild"
     return root / "models"
@@ -136,6 +139,7 @@ def _convert(src: Path, dest: Path) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
     loaded = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
     config = loaded.config

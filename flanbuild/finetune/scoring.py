@@ -155,20 +155,6 @@ def score_continuations(model, codec: Codec, prompts: list[list[int]], conts: li
     return scores
 
 
-def _option_logprobs(first_logits, rest_logits, conts: list[list[int]], dev) -> list[float]:
-    """Sum of log-probs: the first token of each option from the prompt's last position, the
-    others from the option's own positions."""
-    lp0 = torch.log_softmax(first_logits.float(), dim=-1)
-    out = []
-    for j, c in enumerate(conts):
-        total = lp0[c[0]]
-        if len(c) > 1:
-            lp = torch.log_softmax(rest_logits[j, : len(c) - 1].float(), dim=-1)
-            total = total + lp.gather(-1, torch.tensor(c[1:], device=dev).unsqueeze(-1)).sum()
-        out.append(float(total))
-    return out
-
-
 def _cache_argument(model) -> str:
     """The forward argument that takes a KV cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
     import inspect
@@ -181,35 +167,55 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _score_group_causal(model, prompt: list[int], conts: list[list[int]], pad: int, dev) -> list[float]:
-    n = len(conts)
-    out = model(input_ids=torch.tensor([prompt], device=dev), use_cache=True)
-    first = out.logits[0, -1]
+def _sum_logprobs(logits, gold) -> torch.Tensor:
+    """Per-row sum of log p(gold) over the positions where gold != -100."""
+    keep = gold != -100
+    lp = torch.log_softmax(logits[keep].float(), dim=-1).gather(-1, gold[keep].unsqueeze(-1)).squeeze(-1)
+    return torch.zeros(gold.shape[0], device=gold.device).index_add_(0, keep.nonzero()[:, 0], lp)
+
+
+def _score_chunk_causal(model, chunk, pad: int, dev) -> list[float]:
+    """A batch of examples: prompts left-padded (explicit position ids) -> KV cache; the cache rows are
+    repeated per option, then the options (minus their last token) run right-padded after it."""
+    prompts = [p for p, _ in chunk]
+    conts = [c for _, cs in chunk for c in cs]
+    owner = torch.tensor([b for b, (_, cs) in enumerate(chunk) for _ in cs], device=dev)
+    ids, pmask = _pad(prompts, pad, left=True)
+    ids, pmask = ids.to(dev), pmask.to(dev)
+    ppos = (pmask.cumsum(1) - 1).clamp(min=0)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    keep = {"logits_to_keep": 1} if _accepts_logits_to_keep(base) else {}  # only the last position is scored
+    out = model(input_ids=ids, attention_mask=pmask, position_ids=ppos, use_cache=True, **keep)
+    first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)[owner]
+    total = first.gather(-1, torch.tensor([c[0] for c in conts], device=dev).unsqueeze(-1)).squeeze(-1)
     longest = max(len(c) for c in conts) - 1
-    if longest == 0:
-        return _option_logprobs(first, None, conts, dev)
-    cache = getattr(out, "cache", None) or out.past_key_values
-    cache.batch_repeat_interleave(n)
-    ids, mask = _pad([c[:-1] for c in conts], pad)
-    full_mask = torch.cat([torch.ones((n, len(prompt)), dtype=torch.long), mask], dim=1)
-    kw = {_cache_argument(model): cache}
-    rest = model(input_ids=ids.to(dev), attention_mask=full_mask.to(dev), use_cache=True, **kw).logits
-    return _option_logprobs(first, rest, conts, dev)
+    if longest > 0:
+        cache = getattr(out, "cache", None) or out.past_key_values
+        cache.batch_select_indices(owner)
+        cids, cmask = _pad([c[:-1] for c in conts], pad)
+        gold, _ = _pad([c[1:] for c in conts], -100)
+        plen = pmask.sum(1)[owner]
+        cpos = plen.unsqueeze(1) + torch.arange(cids.shape[1], device=dev).unsqueeze(0)
+        mask = torch.cat([pmask[owner], cmask.to(dev)], dim=1)
+        kw = {_cache_argument(model): cache}
+        rest = model(input_ids=cids.to(dev), attention_mask=mask, position_ids=cpos, use_cache=True, **kw).logits
+        total = total + _sum_logprobs(rest, gold.to(dev))
+    return [float(x) for x in total]
 
 
-def _score_group_seq2seq(model, prompt: list[int], conts: list[list[int]], pad: int, dev) -> list[float]:
+def _score_chunk_seq2seq(model, chunk, pad: int, dev) -> list[float]:
+    """A batch of examples: one encoder pass over the prompts, its states repeated per option."""
     from transformers.modeling_outputs import BaseModelOutput
 
-    n = len(conts)
-    enc = model.get_encoder()(input_ids=torch.tensor([prompt], device=dev))
-    hidden = enc.last_hidden_state.expand(n, -1, -1)
-    labels, _ = _pad(conts, -100)
+    owner = torch.tensor([b for b, (_, cs) in enumerate(chunk) for _ in cs], device=dev)
+    ids, mask = _pad([p for p, _ in chunk], pad)
+    ids, mask = ids.to(dev), mask.to(dev)
+    hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state[owner]
+    labels, _ = _pad([c for _, cs in chunk for c in cs], -100)
     labels = labels.to(dev)
-    logits = model(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), labels=labels).logits
-    keep = labels != -100
-    lp = torch.log_softmax(logits[keep].float(), dim=-1).gather(-1, labels[keep].unsqueeze(-1)).squeeze(-1)
-    per_row = torch.zeros(n, device=dev).index_add_(0, keep.nonzero()[:, 0], lp)
-    return [float(x) for x in per_row]
+    logits = model(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), attention_mask=mask[owner],
+                   labels=labels).logits
+    return [float(x) for x in _sum_logprobs(logits, labels)]
 
 
 def _is_prefix_tuning(model) -> bool:
@@ -237,30 +243,53 @@ def can_share_prefix(model) -> bool:
     return not is_prompt_learning(model)
 
 
+def _chunks(groups, order: list[int], batch_size: int):
+    """Consecutive examples (in ``order``) with at most ``batch_size`` options together (>= 1 example)."""
+    chunk, pairs = [], 0
+    for g in order:
+        n = len(groups[g][1])
+        if chunk and pairs + n > batch_size:
+            yield chunk
+            chunk, pairs = [], 0
+        chunk.append(g)
+        pairs += n
+    if chunk:
+        yield chunk
+
+
 @torch.inference_mode()
 def score_grouped(model, codec: Codec, groups: list[tuple[list[int], list[list[int]]]], batch_size: int = 16,
                   progress=None) -> list[list[float]]:
     """Option log-likelihoods of every ``(prompt, options)`` group, sharing the prompt.
 
-    One forward over the prompt fills the KV cache (encoder-decoders: one encoder pass); the cache is
-    repeated for the options, which run as one batch (right padding; the first option token is scored
-    from the prompt's last position). Equal to :func:`score_continuations` up to float rounding.
-    Falls back to it for prompt-learning adapters and empty prompts.
+    Examples are sorted by prompt length and batched (at most ``batch_size`` options per batch). One
+    forward over the batch's prompts fills the KV cache (left padding with explicit position ids;
+    encoder-decoders: one encoder pass); its rows are repeated for each option, and all options run as
+    one batch from the cache (the first option token is scored from the prompt's last position). Equal
+    to :func:`score_continuations` up to float rounding. Falls back to it for prompt-learning adapters
+    (virtual tokens) and for empty prompts or options.
     """
     model.eval()
     if not can_share_prefix(model):
         return _ungrouped(model, codec, groups, batch_size, progress)
     dev = _device(model)
     pad = codec.tokenizer.pad_token_id
-    one = _score_group_seq2seq if codec.kind == SEQ2SEQ else _score_group_causal
-    out = []
-    for prompt, conts in groups:
-        if not prompt or not conts or any(not c for c in conts):
-            out.append(_ungrouped(model, codec, [(prompt, conts)], batch_size, None)[0])
-        else:
-            out.append(one(model, prompt, conts, pad, dev))
+    one = _score_chunk_seq2seq if codec.kind == SEQ2SEQ else _score_chunk_causal
+    out: list[list[float]] = [[] for _ in groups]
+    plain = [g for g, (p, cs) in enumerate(groups) if not p or not cs or any(not c for c in cs)]
+    for g, scores in zip(plain, _ungrouped(model, codec, [groups[g] for g in plain], batch_size, progress)):
+        out[g] = scores
+    skip = set(plain)
+    order = sorted((g for g in range(len(groups)) if g not in skip), key=lambda g: -len(groups[g][0]))
+    for chunk in _chunks(groups, order, batch_size):
+        flat = one(model, [groups[g] for g in chunk], pad, dev)
+        k = 0
+        for g in chunk:
+            n = len(groups[g][1])
+            out[g] = flat[k : k + n]
+            k += n
         if progress is not None:
-            progress.update(len(conts))
+            progress.update(k)
     return out
 
 
