@@ -22,7 +22,12 @@ _nonneg_int = int_at_least(0)
 def _data_dirs(args) -> list[Path]:
     from flanbuild.builder import BuildConfig
 
-    return [Path(d) for d in args.data_dir] if args.data_dir else list(BuildConfig.data_dirs_from_env())
+    dirs = [Path(d) for d in args.data_dir] if args.data_dir else list(BuildConfig.data_dirs_from_env())
+    for d in dirs:  # a misspelt mirror path is an error, not a silent "not in the local mirror" for every task
+        if not d.expanduser().is_dir():
+            raise FlanbuildError(f"directory {d} does not exist"
+                                 + ("" if args.data_dir else " (from FLANBUILD_DATA_DIR)"))
+    return dirs
 
 
 def _registry(args):
@@ -152,6 +157,7 @@ def cmd_build(args) -> int:
     config = BuildConfig(
         out=Path(args.out), seed=args.seed, recipe=recipe, mix=mix, data_dirs=tuple(_data_dirs(args)),
         catalogs=tuple(Path(c) for c in args.catalog), tasks=args.tasks, strict=args.strict,
+        allow_empty_split=args.allow_empty_split,
         niv2_dir=Path(args.niv2_dir) if args.niv2_dir else None,
         promptsource_dir=Path(args.promptsource_dir) if args.promptsource_dir else None,
         shard_rows=args.shard_rows, command="flanbuild " + shlex.join(args.argv),
@@ -209,6 +215,8 @@ def add_parsers(sub, common, data) -> None:
                    help="held-out cluster (repeatable; default: the recipe's, nli)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strict", action="store_true", help="missing data for a task is an error, not a skip")
+    p.add_argument("--allow-empty-split", action="store_true",
+                   help="write the mixture even if its eval (or train) split is empty; the card leaves that split out")
     p.add_argument("--tasks", type=_csv, default=(), help="build only these tasks (comma-separated)")
     p.add_argument("--clusters", type=_csv, default=(), help="build only tasks of these clusters (comma-separated)")
     p.add_argument("--workers", type=_nonneg_int, default=0, help="render processes (default 0 = all cores); "

@@ -144,6 +144,7 @@ def dataset_yaml(split_files: dict[str, list[dict]], features: str, *, pretty_na
     ``dataset_info`` has the exact row counts and byte sizes, which ``datasets`` hashes into its cache
     key for a local folder (a rebuilt folder gets a fresh cache entry).
     """
+    split_files = {s: files for s, files in split_files.items() if rows.get(s, 0) > 0}  # an empty split is left out
     split_bytes = {s: sum(f["bytes"] for f in files) for s, files in split_files.items()}
     lines = ["---", "configs:", "- config_name: default", "  data_files:"]
     for split, files in split_files.items():
