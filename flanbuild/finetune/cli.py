@@ -109,6 +109,73 @@ def add_parsers(subparsers) -> None:
     ev.add_argument("--cot", default=e.cot, choices=["auto", "on", "off"], help="chain-of-thought scoring of generation rows (auto: the chain_of_thought cluster)")
     ev.add_argument("--no-share-prefix", dest="share_prefix", action="store_false", help="score every (prompt, option) pair separately (slower; for checking)")
     ev.set_defaults(func=evaluate_handler)
+    _add_compare(subparsers)
+
+
+def _add_compare(subparsers) -> None:
+    from flanbuild.finetune.compare import DEFAULT_SETTINGS, SETTINGS, CompareConfig
+
+    c = CompareConfig(data="")
+    cp = subparsers.add_parser(
+        "compare",
+        help="base zero-/few-shot vs full fine-tuning vs LoRA vs prompt tuning on a held-out cluster",
+        description="Train and evaluate every setting on the mixture (same scoring for all), then write "
+        "OUT/results.md, OUT/results.json (mean and best template per task and cluster) and OUT/comparison.png. "
+        "The defaults are a small CPU configuration; see docs/finetune.md.",
+    )
+    _add_common(cp)
+    cp.add_argument("--model", default=c.model, metavar="NAME_OR_PATH", help="base model (default: %(default)s)")
+    cp.add_argument("--out", default=c.out, metavar="DIR", help="default: %(default)s")
+    cp.add_argument("--settings", default=",".join(DEFAULT_SETTINGS), metavar="a,b",
+                    help=f"subset of {', '.join(SETTINGS)} (default: %(default)s)")
+    cp.add_argument("--shots", type=int, default=c.shots, metavar="K", help="exemplars for base-kshot (default: %(default)s)")
+    cp.add_argument("--max-examples", type=int, default=c.max_examples, metavar="N", help="per task (default: %(default)s)")
+    cp.add_argument("--task", action="append", default=None, metavar="NAME", help="evaluate only this task (repeatable)")
+    cp.add_argument("--max-steps", type=int, default=c.max_steps, metavar="N", help="training steps per method (default: %(default)s)")
+    cp.add_argument("--max-rows", type=int, default=None, metavar="N", help="train on the first N rows")
+    cp.add_argument("--batch-size", type=int, default=c.batch_size, metavar="N", help="default: %(default)s")
+    cp.add_argument("--max-input-len", type=int, default=c.max_input_len, metavar="TOKENS", help="default: %(default)s")
+    cp.add_argument("--max-target-len", type=int, default=c.max_target_len, metavar="TOKENS", help="default: %(default)s")
+    cp.add_argument("--max-new-tokens", type=int, default=c.max_new_tokens, metavar="N", help="default: %(default)s")
+    cp.add_argument("--scoring", default=c.scoring, choices=["lm-eval", "flan"], help="one convention for every setting (default: %(default)s)")
+    cp.add_argument("--lr", action="append", default=[], metavar="SETTING=LR", help="learning rate of one setting (repeatable)")
+    cp.add_argument("--lora-r", type=int, default=c.lora_r, help="default: %(default)s")
+    cp.add_argument("--num-virtual-tokens", type=int, default=c.num_virtual_tokens, help="default: %(default)s")
+    cp.add_argument("--seed", type=int, default=c.seed, help="default: %(default)s")
+    cp.set_defaults(func=compare_handler)
+
+
+def _parse_lr(items: list[str]) -> dict[str, float]:
+    from flanbuild.errors import FlanbuildError
+
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise FlanbuildError(f"--lr expects SETTING=LR, e.g. lora=1e-4 (got {item!r})") from None
+    return out
+
+
+def compare_handler(args) -> int:
+    from flanbuild.finetune.compare import CompareConfig, run_compare
+
+    cfg = CompareConfig(
+        data=args.data, model=args.model, out=args.out,
+        settings=tuple(s.strip() for s in args.settings.split(",") if s.strip()), shots=args.shots,
+        max_examples=args.max_examples, tasks=tuple(args.task) if args.task else None, max_steps=args.max_steps,
+        max_rows=args.max_rows, batch_size=args.batch_size, max_input_len=args.max_input_len,
+        max_target_len=args.max_target_len, max_new_tokens=args.max_new_tokens, scoring=args.scoring,
+        lr=_parse_lr(args.lr), lora_r=args.lora_r, num_virtual_tokens=args.num_virtual_tokens, seed=args.seed,
+        device=args.device, threads=args.threads, quiet=args.quiet,
+    )
+    r = run_compare(cfg)
+    from flanbuild.finetune.compare import markdown
+
+    print(markdown(r))
+    print(f"results in {args.out} ({r['seconds']:.0f}s)")
+    return 0
 
 
 def finetune_handler(args) -> int:
@@ -159,4 +226,4 @@ def main(argv: list[str] | None = None) -> int:
     return flanbuild_main(argv)
 
 
-__all__ = ["add_parsers", "evaluate_handler", "finetune_handler", "main"]
+__all__ = ["add_parsers", "compare_handler", "evaluate_handler", "finetune_handler", "main"]
