@@ -54,7 +54,7 @@ class BuildConfig:
     allow_empty_split: bool = False  # write a mixture whose eval (or train) split is empty, leaving it out of the card
     niv2_dir: Path | None = None  # Super-NaturalInstructions root (tasks/*.json, splits/default/*.txt)
     promptsource_dir: Path | None = None  # promptsource templates (<dataset>/<subset>/templates.yaml)
-    workers: int = 0  # render processes (0 = all cores); the output is the same for any number
+    workers: int = 0  # render processes (0 = engine.default_workers: idle cores the work can use); same output for any number
     engine: str = "local"  # local | dask
     scheduler: str | None = None  # Dask scheduler address (default: a local cluster)
     cache_dir: Path | None = None  # rendered-shard cache (default: $FLANBUILD_CACHE or ~/.cache/flanbuild)
@@ -156,7 +156,12 @@ def build(config: BuildConfig, registry: Registry | None = None, progress: Progr
         paths, stats, n_shards, cached = _render(jobs, selection.data, selection.roles, parts_dir, cache_dir, config, log)
         decontaminated = _decontaminate(jobs, selection.data, paths, stats, config.recipe.decontaminate_ngram, log)
         collector = StatsCollector(config.seed, config.recipe.prompt.tokenizer)
-        files = _write_splits(stage, jobs, paths, stats, config, collector.add)
+        log.stage("writing the splits", total=sum(s.rows for s in stats.values()))
+
+        def observe(split: str, table) -> None:
+            collector.add(split, table)
+            log.stage_advance(table.num_rows)
+        files = _write_splits(stage, jobs, paths, stats, config, observe)
         shutil.rmtree(parts_dir)
         manifest = _describe(config, selection, jobs, stats, shares, decontaminated, files, held, removed)
         if registry.overrides:  # catalog entries that replaced earlier ones (override: true): on record
@@ -166,6 +171,7 @@ def build(config: BuildConfig, registry: Registry | None = None, progress: Progr
             raise FlanbuildError(f"the {' and '.join(empty)} split of this build would be empty "
                                  "(--allow-empty-split writes the mixture without it)")
         write_manifest(stage, manifest)
+        log.stage("writing the dataset card", detail="plots off" if not config.plots else "")
         write_card(stage, manifest, registry.tasks, plots=config.plots, stats=collector.finish(manifest))
         writer.publish(stage, out)
     except BaseException:
@@ -322,7 +328,8 @@ def _render(jobs: list[RenderJob], data: dict[str, SplitData], roles: dict[str, 
             owner.append(job.task.name)
     remaining = {name: owner.count(name) for name in set(owner)}
     stats: dict[str, RenderStats] = {}
-    log.start(len(jobs), total_rows=sum(len(j.indices) * (len(j.task.templates) if j.all_templates else 1) for j in jobs))
+    total_rows = sum(len(j.indices) * (len(j.task.templates) if j.all_templates else 1) for j in jobs)
+    log.start(len(jobs), total_rows=total_rows)
 
     def done(result: engine.ShardResult) -> None:
         name = owner[result.number]
@@ -333,7 +340,7 @@ def _render(jobs: list[RenderJob], data: dict[str, SplitData], roles: dict[str, 
         else:
             log.task_done(name, roles[name], stats[name].rows, None, dropped=stats[name].dropped)
 
-    results = engine.run(shards, engine=config.engine, workers=config.workers or os.cpu_count() or 1,
+    results = engine.run(shards, engine=config.engine, workers=config.workers or engine.default_workers(total_rows),
                          scheduler=config.scheduler, on_done=done)
     paths: dict[str, list[Path]] = {}
     for result in results:  # in shard order, whatever finished first
@@ -347,11 +354,16 @@ def _decontaminate(jobs: list[RenderJob], data: dict[str, SplitData], paths: dic
                    stats: dict[str, RenderStats], ngram: int, log: Progress) -> dict[str, int]:
     """Remove train rows that overlap eval from the rendered parts; returns removals per task."""
     eval_jobs = [j for j in jobs if j.role == "eval"]
+    train_jobs = [j for j in jobs if j.role == "train"]
+    log.stage("decontaminating", total=len(train_jobs),
+              detail=f"{len(train_jobs)} train task(s) against the inputs of {len(eval_jobs)} eval task(s)"
+                     + (f" and their {ngram}-grams" if ngram else ""))
     index = decontam.EvalIndex.build(decontam.eval_inputs(p for j in eval_jobs for p in paths[j.task.name]),
                                      _eval_texts(eval_jobs, data) if ngram else (), ngram)
     removed: dict[str, int] = {}
-    for job in jobs:
-        if job.role == "train" and not index.empty:
+    for job in train_jobs:
+        log.stage_advance(1)
+        if not index.empty:
             st = stats[job.task.name]
             results = [decontam.filter_part(p, index) for p in paths[job.task.name]]
             gone = sum((r[1] for r in results), Counter())

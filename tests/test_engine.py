@@ -105,3 +105,16 @@ def test_rows_skips_to_the_first_index_in_files_and_tables(tmp_path):
     # a shard late in a file reads only the row groups it needs
     seen = [offset for offset, _ in splits[0]._batches_from(9500, 256)]
     assert min(seen) >= 9500 - 700
+
+
+def test_default_workers_never_exceed_idle_cores_or_the_work(monkeypatch):
+    """The rule behind --workers 0: idle cores (cores minus the 1-minute load), one per ROWS_PER_WORKER rows."""
+    monkeypatch.setattr(engine.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(engine.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert engine.default_workers(10 * engine.ROWS_PER_WORKER) == 8  # idle machine, plenty of rows
+    assert engine.default_workers(engine.ROWS_PER_WORKER - 1) == 1  # too little work to share
+    assert engine.default_workers(3 * engine.ROWS_PER_WORKER) == 4
+    monkeypatch.setattr(engine.os, "getloadavg", lambda: (7.6, 7.0, 6.0))  # the cores are taken
+    assert engine.default_workers(10 * engine.ROWS_PER_WORKER) == 1
+    monkeypatch.setattr(engine.os, "getloadavg", lambda: (5.0, 0.0, 0.0))
+    assert engine.default_workers(10 * engine.ROWS_PER_WORKER) == 3

@@ -153,20 +153,35 @@ def test_progress_plain_lines():
     buf = io.StringIO()
     p = Progress("auto", stream=buf)  # StringIO is not a TTY: plain
     assert p.mode == "plain"
-    p.start(3)
     p.skip("x", "not found " * 40)
+    p.skip("y", "not found " * 40)
+    p.skip("z", "manual download")
+    p.start(3)
     p.task_done("a", "train", 1000, 0.5)
     p.task_done("b", "eval", 10, 0.1, dropped=2)
     p("warning: no eval data")
     p.task_done("c", "train", 5, 0.0)
+    p.stage("writing the splits", total=1000)
+    for _ in range(10):
+        p.stage_advance(100)
+    p.stage("writing the dataset card")
     p.finish("wrote out")
     lines = buf.getvalue().splitlines()
-    assert lines[0].startswith("skip  x: not found") and lines[0].endswith("…") and len(lines[0]) < 160
-    assert lines[1].startswith("[1/3] train a: 1000 rows in 0.5s (2,000 rows/s, ETA ")
-    assert lines[2].startswith("[2/3] eval  b: 10 rows") and "dropped" not in lines[2]
-    assert lines[3] == "warning: no eval data"
-    assert lines[4].startswith("[3/3] train c: 5 rows") and "ETA" not in lines[4]
-    assert lines[5] == "wrote out" and len(lines) == 6
+    # skips grouped by reason, cut at a word, most common first
+    assert lines[0].startswith("skipped 2 task(s) (x, y): not found") and lines[0].endswith("…")
+    assert lines[0][:-1].split()[-1] in ("not", "found")  # cut between words, not inside one
+    assert lines[1] == "skipped 1 task(s) (z): manual download"
+    assert lines[2].startswith("(each task's reason")
+    assert lines[3].startswith("[1/3] train a: 1000 rows in 0.5s (2,000 rows/s, ETA ")
+    assert lines[4].startswith("[2/3] eval  b: 10 rows") and "dropped" not in lines[4]
+    assert lines[5] == "warning: no eval data"
+    assert lines[6].startswith("[3/3] train c: 5 rows") and "ETA" not in lines[6]
+    assert lines[7] == "writing the splits ..."
+    assert [ln.split(" (")[0] for ln in lines[8:11]] == ["writing the splits: 300/1,000", "writing the splits: 500/1,000",
+                                                         "writing the splits: 800/1,000"] and "ETA" in lines[8]
+    assert lines[11].startswith("writing the splits: done in ") and lines[12] == "writing the dataset card ..."
+    assert lines[13].startswith("writing the dataset card: done in ") and lines[14] == "wrote out"
+    assert len(lines) == 15
 
 
 def test_progress_verbose_quiet_and_eta():
@@ -212,7 +227,7 @@ def test_progress_rich_on_a_terminal():
     p.task_done("b", "eval", 10, 0.01)
     p.finish("wrote out")
     text = buf.getvalue()
-    assert "skipped 1 task(s) without data: gone" in text and "wrote out" in text
+    assert "skipped 1 task(s) (gone): no data" in text and "wrote out" in text
 
 
 # -- CLI wiring and laziness ----------------------------------------------------------------------

@@ -219,7 +219,7 @@ def add_parsers(sub, common, data) -> None:
                    help="write the mixture even if its eval (or train) split is empty; the card leaves that split out")
     p.add_argument("--tasks", type=_csv, default=(), help="build only these tasks (comma-separated)")
     p.add_argument("--clusters", type=_csv, default=(), help="build only tasks of these clusters (comma-separated)")
-    p.add_argument("--workers", type=_nonneg_int, default=0, help="render processes (default 0 = all cores); "
+    p.add_argument("--workers", type=_nonneg_int, default=0, help="render processes (default 0 = the idle cores, one per 100k rows); "
                                                                    "the output is the same for any number")
     p.add_argument("--engine", choices=["local", "dask"], default="local",
                    help="local processes, or a Dask distributed cluster (pip install 'flanbuild[dask]')")

@@ -2,10 +2,12 @@
 
 The build calls, in order::
 
-    progress.start(total_jobs, total_rows=None)   # before rendering
-    progress.skip(name, reason)                     # a task without data (any time)
+    progress.skip(name, reason)                     # a task without data (while loading)
+    progress.start(total_jobs, total_rows=None)   # before rendering (plain mode lists the skips here)
     progress.advance(name, rows)                    # optional: a shard of a task is done (moves the bar)
     progress.task_done(name, role, rows, seconds)   # after each rendered task (seconds=None: since start)
+    progress.stage(name, total=None)                # a later stage begins: decontaminate, write, card
+    progress.stage_advance(n)                       # optional: n units of the stage's total are done
     progress.finish(summary)                        # one line at the end
 
 and may call ``progress(msg)`` for any other message (a ``Progress`` is also a ``Log``).
@@ -13,12 +15,15 @@ and may call ``progress(msg)`` for any other message (a ``Progress`` is also a `
 Modes: ``rich`` (a live bar with the current task, rows/s and ETA; skip reasons collected and listed
 once at the end unless verbose), ``plain`` (one line per task with rows/s and ETA; what a log file or
 CI sees), ``quiet`` (nothing but warnings). ``auto`` picks rich on a TTY, plain otherwise. ``verbose``
-prints skip reasons in full (plain mode shortens them to one line) and per-task dropped counts.
+prints each skip reason in full; otherwise skips are grouped by reason in one line each, so a log does
+not open with a screenful of near-identical skip lines. Every stage after rendering (decontamination,
+writing, the card) gets a line with its time, and writing reports rows with an ETA.
 rich is imported only when the rich mode starts.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from typing import IO
@@ -28,8 +33,28 @@ SHORT_REASON = 140
 
 
 def _short(reason: str, limit: int = SHORT_REASON) -> str:
+    """One line, cut at a word boundary."""
     text = " ".join(reason.split())
-    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 1]
+    return (cut.rsplit(" ", 1)[0] if " " in cut else cut).rstrip(",;:") + "…"
+
+
+def group_skips(skipped: dict[str, str], shown: int = 8) -> list[str]:
+    """One line per distinct reason (most common first): how many tasks, a few names, the reason."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in sorted(skipped.items()):
+        # "org/name/config/split not in the local mirror ...": group on what follows the task's own id
+        # and before any per-task instructions ("...; download X and put it in Y")
+        by_reason.setdefault(_short(re.sub(r"^\S+/\S+ ", "", reason).split("; ")[0]), []).append(name)
+    lines = []
+    for reason, names in sorted(by_reason.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+        lines.append(f"skipped {len(names)} task(s) ({listed}): {reason}")
+    if lines:
+        lines.append("(each task's reason: mixture.json 'skipped', or --verbose)")
+    return lines
 
 
 def _duration(seconds: float) -> str:
@@ -65,6 +90,9 @@ class Progress:
         self._live = None
         self._bar = None
         self._console = None
+        self._stage: tuple[str, float, int | None] | None = None  # (name, start time, total)
+        self._stage_done = 0
+        self._stage_reported = 0.0
 
     @classmethod
     def from_args(cls, args) -> "Progress":
@@ -95,6 +123,9 @@ class Progress:
     # -- the protocol -----------------------------------------------------------------------------
 
     def start(self, total_jobs: int, total_rows: int | None = None) -> None:
+        if self.mode == "plain" and not self.verbose:
+            for line in group_skips(self.skipped):
+                self._line(line)
         self.total_jobs, self.total_rows = total_jobs, total_rows
         self.done_jobs = self.done_rows = 0
         self._advanced = {}
@@ -123,9 +154,7 @@ class Progress:
 
     def skip(self, name: str, reason: str) -> None:
         self.skipped[name] = reason
-        if self.mode == "plain":
-            self._line(f"skip  {name}: {reason if self.verbose else _short(reason)}")
-        elif self.mode == "rich" and self.verbose:
+        if self.verbose and self.mode in ("plain", "rich"):
             self._line(f"skip  {name}: {reason}", style="dim")
 
     def advance(self, name: str, rows: int) -> None:
@@ -164,15 +193,43 @@ class Progress:
         self._bar.update(self._live, completed=self.done_rows if self.total_rows else self.done_jobs,
                          description=f"{role} {name}".strip(), rate=f"{overall:,.0f} rows/s")
 
+    def stage(self, name: str, total: int | None = None, detail: str = "") -> None:
+        """A stage after rendering begins (the previous one, if any, is reported done)."""
+        self._end_stage()
+        self._stage, self._stage_done, self._stage_reported = (name, time.perf_counter(), total), 0, 0.0
+        if self._bar is not None:
+            self._bar.update(self._live, description=name, completed=0, total=total or 1, rate="")
+        else:
+            self._line(f"{name}{': ' + detail if detail else ''} ...")
+
+    def stage_advance(self, n: int) -> None:
+        """``n`` more units of the stage's total are done; plain mode reports each quarter with an ETA."""
+        if self._stage is None:
+            return
+        name, t0, total = self._stage
+        self._stage_done += n
+        if self._bar is not None:
+            self._bar.update(self._live, completed=self._stage_done)
+        elif total and self.mode == "plain" and self._stage_done / total >= self._stage_reported + 0.25 \
+                and self._stage_done < total:
+            self._stage_reported = int(self._stage_done / total * 4) / 4  # the quarter just passed
+            elapsed = time.perf_counter() - t0
+            eta = elapsed * (total - self._stage_done) / self._stage_done
+            self._line(f"{name}: {self._stage_done:,}/{total:,} ({self._stage_done / total:.0%}), ETA {_duration(eta)}")
+
+    def _end_stage(self) -> None:
+        if self._stage is not None and self._bar is None:
+            self._line(f"{self._stage[0]}: done in {time.perf_counter() - self._stage[1]:.1f}s")
+        self._stage = None
+
     def finish(self, summary: str) -> None:
+        self._end_stage()
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
         if self.mode == "rich" and self.skipped and not self.verbose:
-            names = sorted(self.skipped)
-            shown = ", ".join(names[:12]) + (f", ... ({len(names) - 12} more)" if len(names) > 12 else "")
-            self._line(f"skipped {len(names)} task(s) without data: {shown} (reasons: --verbose or mixture.json)",
-                       style="dim")
+            for line in group_skips(self.skipped):
+                self._line(line, style="dim")
         self._line(summary, style="bold green" if self.mode == "rich" else "")
         self._console = None
 
