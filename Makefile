@@ -16,7 +16,7 @@ ARGS    ?=
 DATA_FLAG := $(if $(DATA),--data-dir $(DATA),)
 HELDOUT_FLAGS := $(foreach c,$(HELDOUT),--heldout $(c))
 
-.PHONY: help venv mixture test test-fast lint finetune bench bench-scoring experiment clean
+.PHONY: help venv mixture test test-fast lint finetune bench bench-flan bench-scoring experiment clean
 
 help:
 	@echo "make mixture   build the default mixture into $(OUT) (OUT, HELDOUT, SEED, DATA, ARGS)"
@@ -62,6 +62,12 @@ clean:
 BENCH_ROWS ?= 1000000 5000000
 bench: venv
 	FLANBUILD_DATA_DIR=$(if $(DATA),$(DATA),../shared/data/hub) $(PY) bench/bench.py --rows $(BENCH_ROWS)
+
+# The whole FLAN 2021 catalog at real sizes (capped at 30k), 1 and 2 workers, rebuild times (SCALE=0.01: smoke run).
+FLAN_SCALE ?= 1
+FLAN_ARGS  ?= --workers 1 2 --rebuild
+bench-flan: venv
+	$(PY) bench/bench_flan.py --scale $(FLAN_SCALE) --mirror $(if $(DATA),$(DATA),../shared/data/hub) $(FLAN_ARGS)
 
 # Rank-classification throughput before/after prefix sharing (tiny random llama; REAL=1 adds smollm2-135m).
 bench-scoring: venv
