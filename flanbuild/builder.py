@@ -25,6 +25,7 @@ from flanbuild.pipeline import checks
 from flanbuild.output.card import write_card
 from flanbuild.output.stats import StatsCollector
 from flanbuild.output.manifest import SCHEMA_VERSION, Manifest, TaskRecord, fingerprint, write_manifest
+from flanbuild.output import uptodate
 from flanbuild.errors import FlanbuildError
 from flanbuild.pipeline.examples import ExampleMapper, valid_indices
 from flanbuild.catalog.recipes import Recipe, Submixture
@@ -149,6 +150,12 @@ def build(config: BuildConfig, registry: Registry | None = None, progress: Progr
     jobs, shares = _plan(config, registry, selection)
     for note in checks.plan_notes(config, {n: t.cluster for n, t in registry.tasks.items()}, selection.roles, shares):
         log(note)
+    key = _build_key(config, registry, selection, jobs, shares, held, removed) if cache_dir else ""
+    ready = uptodate.current(out, key) if key else None
+    if ready is not None:  # OUT already holds this build, verified: nothing to render, write or plot
+        log.finish(f"{out} is up to date (build key {key[:12]}); nothing rendered or written, "
+                   f"{time.perf_counter() - started:.1f}s")
+        return BuildResult(out, ready, 0, 0)
     stage = writer.staging_dir(out)
     try:
         parts_dir = stage / ".parts"
@@ -164,6 +171,8 @@ def build(config: BuildConfig, registry: Registry | None = None, progress: Progr
         files = _write_splits(stage, jobs, paths, stats, config, observe)
         shutil.rmtree(parts_dir)
         manifest = _describe(config, selection, jobs, stats, shares, decontaminated, files, held, removed)
+        if key:
+            manifest["build_key"] = key
         if registry.overrides:  # catalog entries that replaced earlier ones (override: true): on record
             manifest["config"]["overrides"] = [dict(o) for o in registry.overrides]
         empty = [split for split, rows in manifest["counts"].items() if rows == 0]
@@ -181,6 +190,22 @@ def build(config: BuildConfig, registry: Registry | None = None, progress: Progr
                f"{len(selection.skipped)} task(s) skipped, {manifest['decontaminated']['total']} train rows "
                f"decontaminated, {time.perf_counter() - started:.1f}s")
     return BuildResult(out, manifest, n_shards, cached)
+
+
+def _build_key(config: BuildConfig, registry: Registry, sel: Selection, jobs: list[RenderJob],
+               shares: dict[str, mixer.TaskShare], held: set[str], removed: set[str]) -> str:
+    """The key of this build (output/uptodate.py): every shard's cache key plus what the manifest and
+    the card record besides the data."""
+    shard_keys = [engine.cache_key(piece, sel.data[job.task.name]) for job in jobs for piece in engine.split_job(job)]
+    record = {
+        "config": _config_record(config, held, removed), "command": config.command, "plots": config.plots,
+        "allow_empty_split": config.allow_empty_split, "overrides": registry.overrides,
+        "skipped": sel.skipped, "unmatched": sel.unmatched, "removed": sel.removed_tasks,
+        "unselected": sel.unselected, "sources": {n: d.origin for n, d in sel.data.items()},
+        "shares": {n: asdict(s) for n, s in shares.items()}, "versions": _versions(),
+        "clusters": registry.clusters,
+    }
+    return uptodate.build_key(shard_keys, record, registry.tasks)
 
 
 def _check_inputs(config: BuildConfig, out: Path, registry: Registry | None) -> tuple[Registry, dict[str, str]]:

@@ -157,6 +157,13 @@ def _primary(kind: str, card_metric: str, templates: dict, counted: list[str]) -
     return primary
 
 
+def _mean_and_best(templates: dict, counted: list[str]) -> tuple[dict, dict]:
+    """Per metric: the mean and the maximum over the counted templates that report it."""
+    names = sorted({m for k in counted for m in templates[k]["scores"]})
+    values = {m: [templates[k]["scores"][m] for k in counted if m in templates[k]["scores"]] for m in names}
+    return {m: fmean(v) for m, v in values.items()}, {m: max(v) for m, v in values.items()}
+
+
 def _task_summary(name: str, t: dict, card_metric: str, inverted: set) -> dict:
     corpus = tuple(m for m in CORPUS_METRICS if CARD_METRIC.get(card_metric) == m)
     templates: dict[str, dict] = {}
@@ -174,9 +181,7 @@ def _task_summary(name: str, t: dict, card_metric: str, inverted: set) -> dict:
     kind = "classification" if "classification" in kinds else ("generation" if "generation" in kinds else "mixed")
     counted = [k for k, v in templates.items() if v["kind"] == kind and not v["inverted"]]
     primary = _primary(kind, card_metric, templates, counted)
-    metric_names = sorted({m for k in counted for m in templates[k]["scores"]})
-    mean = {m: fmean(templates[k]["scores"][m] for k in counted if m in templates[k]["scores"]) for m in metric_names}
-    best = {m: max(templates[k]["scores"][m] for k in counted if m in templates[k]["scores"]) for m in metric_names}
+    mean, best = _mean_and_best(templates, counted)
     best_template = max(counted, key=lambda k: templates[k]["scores"].get(primary, float("-inf"))) if counted else None
     return {
         "cluster": t["cluster"],
@@ -245,6 +250,10 @@ def format_table(results: dict) -> str:
             f"{name:<{w}}{str(t['cluster']):<{cw}}{t['metric']:<13}{100 * t['score_mean']:>7.1f}{100 * t['score_best']:>7.1f}"
             f"  {str(t['best_template']):<12}{t['num_templates']:>6}{t['num_examples']:>9}  {other}"
         )
+    for name, t in tasks.items():
+        for key, sc in (t.get("inverted_templates") or {}).items():
+            shown = "  ".join(f"{m} {100 * v:.1f}" for m, v in sorted(sc.items()))
+            lines.append(f"  {name} template {key} is inverted (reported, not counted): {shown}")
     lines.append("")
     lines.append(f"{'cluster':<{cw}}{'tasks':>6}{'mean':>7}{'best':>7}")
     for name, c in clusters.items():

@@ -108,6 +108,7 @@ class Manifest(TypedDict):
     skipped: dict[str, str]  # task -> why it has no rows
     files: list[DataFileRecord]
     versions: dict[str, str]  # package versions of the build
+    build_key: NotRequired[str]  # sha256 over what decides OUT (output/uptodate.py): a rebuild with the same key is skipped
 
 
 # Defaults that let this version read manifests written by an older one.
