@@ -31,7 +31,7 @@ from flanbuild.pipeline.examples import ExampleMapper, valid_indices
 from flanbuild.catalog.recipes import Recipe, Submixture
 from flanbuild.pipeline.progress import Progress
 from flanbuild.catalog.registry import Registry, default_registry
-from flanbuild.pipeline.render import RenderJob, RenderStats
+from flanbuild.pipeline.render import RenderJob, RenderStats, probe_prompted
 from flanbuild.sources.loader import DataNotFound, SplitData, load_split, source_overlaps
 from flanbuild.sources import sample
 from flanbuild.catalog.tasks import Task
@@ -161,6 +161,7 @@ def build(config: BuildConfig, registry: Registry | None = None, progress: Progr
         parts_dir = stage / ".parts"
         parts_dir.mkdir()
         paths, stats, n_shards, cached = _render(jobs, selection.data, selection.roles, parts_dir, cache_dir, config, log)
+        jobs = _drop_empty(jobs, stats, selection, log)
         decontaminated = _decontaminate(jobs, selection.data, paths, stats, config.recipe.decontaminate_ngram, log)
         collector = StatsCollector(config.seed, config.recipe.prompt.tokenizer)
         log.stage("writing the splits", total=sum(s.rows for s in stats.values()))
@@ -245,7 +246,8 @@ def _select(config: BuildConfig, registry: Registry, held: set[str], removed: se
         elif task.cluster in removed:
             sel.removed_tasks.append(name)
         else:
-            _load_task(config, task, sub, "eval" if task.cluster in held else "train", sel, cache_dir, log)
+            registry.tasks[name] = _load_task(config, task, sub, "eval" if task.cluster in held else "train", sel,
+                                              cache_dir, log)
     from_sample = [n for n, d in sel.data.items() if d.origin.startswith(sample.ORIGIN_PREFIX)]
     if from_sample:
         log(sample.notice(len(from_sample)))
@@ -263,8 +265,11 @@ def _select(config: BuildConfig, registry: Registry, held: set[str], removed: se
 
 
 def _load_task(config: BuildConfig, task: Task, sub: Submixture, role: str, sel: Selection, cache_dir: Path | None,
-               log: Progress) -> None:
-    """Find one task's split and its usable rows, recording it in ``sel`` (or recording the skip)."""
+               log: Progress) -> Task:
+    """Find one task's split and its usable rows, recording it in ``sel`` (or recording the skip).
+
+    Returns the task as the build uses it (a promptsource task without its templates that fail here).
+    """
     try:
         if role == "eval" and task.provider == "promptsource":
             raise DataNotFound("promptsource tasks are training-only; its cluster is held out")
@@ -272,13 +277,31 @@ def _load_task(config: BuildConfig, task: Task, sub: Submixture, role: str, sel:
         rows = valid_indices(task, split, cache_dir=cache_dir)
         if len(rows) == 0:
             raise DataNotFound(f"the {role} split has no usable rows")
+        if task.type == "prompted":
+            task = _probe_templates(config, task, split, rows, sel, log)
     except DataNotFound as e:
         if config.strict:
             raise FlanbuildError(f"task {task.name}: {e}") from None
         sel.skipped[task.name] = str(e)
         log.skip(task.name, str(e))
-        return
+        return task
     sel.group[task.name], sel.roles[task.name], sel.data[task.name], sel.valid[task.name] = sub, role, split, rows
+    return task
+
+
+def _probe_templates(config: BuildConfig, task: Task, split: SplitData, rows: np.ndarray, sel: Selection,
+                     log: Progress) -> Task:
+    """A third-party (promptsource) task without the templates that fail on its first rows, each recorded
+    as skipped with its reason; DataNotFound when none is left."""
+    failed = probe_prompted(task, split, rows, config.seed)
+    for t in task.templates:
+        if t.id in failed:
+            key = f"{task.name} template {t.id} {getattr(t, 'name', '')!r}".rstrip()
+            sel.skipped[key] = failed[t.id]
+            log.skip(key, failed[t.id])
+    if len(failed) == len(task.templates):
+        raise DataNotFound(f"all {len(failed)} templates fail on its rows")
+    return replace(task, templates=tuple(t for t in task.templates if t.id not in failed)) if failed else task
 
 
 def _plan(config: BuildConfig, registry: Registry, sel: Selection) -> tuple[list[RenderJob], dict[str, mixer.TaskShare]]:
@@ -373,6 +396,21 @@ def _render(jobs: list[RenderJob], data: dict[str, SplitData], roles: dict[str, 
     cached = sum(r.cached for r in results)
     log(f"rendered {len(shards)} shard(s) of {len(jobs)} task split(s); {cached} from the cache")
     return paths, stats, len(shards), cached
+
+
+def _drop_empty(jobs: list[RenderJob], stats: dict[str, RenderStats], sel: Selection, log: Progress) -> list[RenderJob]:
+    """Tasks that rendered no row at all leave the build and are reported as skipped, with the reason."""
+    kept = []
+    for job in jobs:
+        st = stats.get(job.task.name)
+        if st is not None and st.rows == 0 and len(job.indices):
+            reason = (f"rendered 0 rows: all {st.dropped} renders of its {len(job.indices)} {job.role} rows gave an "
+                      f"empty input or target (or failed)")
+            sel.skipped[job.task.name] = reason
+            log.skip(job.task.name, reason)
+        else:
+            kept.append(job)
+    return kept
 
 
 def _decontaminate(jobs: list[RenderJob], data: dict[str, SplitData], paths: dict[str, list[Path]],
@@ -474,6 +512,8 @@ def _task_entry(job: RenderJob, split: SplitData, stats: RenderStats, share: mix
         "rows_per_template": {str(k): v for k, v in sorted(stats.per_template.items())},
         "rows_per_type": dict(sorted(stats.per_type.items())),
     }
+    if task.provider == "promptsource":
+        entry["template_info"] = {str(t.id): t.info for t in task.templates if hasattr(t, "info")}
     if share is not None:
         entry.update(available=share.available, used=share.used, rate=round(share.rate, 6),
                      share=round(share.share, 6), requested=share.count,

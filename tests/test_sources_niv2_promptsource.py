@@ -155,7 +155,8 @@ def test_promptsource_build(toy_catalog, tmp_path):
     registry = Registry()
     registry.load_catalog(toy_catalog)
     recipe = Recipe("t", submixtures=(Submixture("t0", source="promptsource", task_cap=0),))
-    cfg = BuildConfig(out=tmp_path / "o", recipe=recipe, promptsource_dir=ps_dir, mix=MixConfig(heldout=("toy_nli",)))
+    cfg = BuildConfig(out=tmp_path / "o", recipe=recipe, promptsource_dir=ps_dir, mix=MixConfig(heldout=("toy_nli",)),
+                      allow_empty_split=True)
     result = build(cfg, registry=registry)
     rows = rows_of(result.out, "train")
     assert {r["task_name"] for r in rows} == {"p3_toy_sst"} and len(rows) == 60
@@ -170,7 +171,7 @@ def test_promptsource_build(toy_catalog, tmp_path):
             assert r["template_type"] == "zs_noopt" and r["options"] == []
     assert any("unknown_ds" in k for k in result.manifest["skipped"])
     again = build(BuildConfig(out=tmp_path / "o2", recipe=recipe, promptsource_dir=ps_dir,
-                              mix=MixConfig(heldout=("toy_nli",))), registry=registry)
+                              mix=MixConfig(heldout=("toy_nli",)), allow_empty_split=True), registry=registry)
     assert again.manifest["fingerprint"] == result.manifest["fingerprint"]
 
 

@@ -35,6 +35,7 @@ COLUMNS = {
                      "(`fs_*`: few-shot)",
     "cluster": "the task cluster (FLAN's grouping; clusters are held out whole)",
     "template_id": "which instruction template rendered the row",
+    "template_name": "the template's name: promptsource's own for P3 rows, `<task>_<id>` for flanbuild's",
     "options": "answer options of a classification row (the target is one of them); empty for generation rows",
     "example_id": "`task/source split/row index` of the source example",
     "references": "all acceptable targets (e.g. every reference answer); the first is `targets`",

@@ -52,6 +52,7 @@ class TaskRecord(TypedDict):
     decontaminated: int  # train rows removed because they overlap eval
     rows_per_template: dict[str, int]  # template id -> rows written
     rows_per_type: dict[str, int]  # zs_opt | zs_noopt | fs_opt | fs_noopt -> rows written
+    template_info: NotRequired[dict[str, dict[str, Any]]]  # promptsource tasks: template id -> name, original_task, choices_in_prompt, metrics
     available: NotRequired[int]  # train tasks only: the mixer's numbers
     used: NotRequired[int]
     rate: NotRequired[float]

@@ -38,6 +38,7 @@ OUTPUT_SCHEMA = pa.schema([
     ("template_type", pa.string()),
     ("cluster", pa.string()),
     ("template_id", pa.int32()),
+    ("template_name", pa.string()),
     ("options", pa.list_(pa.string())),
     ("example_id", pa.string()),
     ("references", pa.list_(pa.string())),
@@ -113,13 +114,43 @@ def render_example(task: Task, template: Template, example: Example, show_option
 
 
 def _render_prompted(task: Task, template: Template, example: Example, rng_key: tuple) -> Rendered:
-    """A promptsource-format template: it renders input, target and answer choices itself."""
+    """A promptsource-format template: it renders input, target and answer choices itself.
+
+    A third-party template that fails on a row renders nothing (the row is counted as dropped); templates
+    that fail outright were left out before the build by probe_prompted.
+    """
     try:
         inputs, targets, choices = template.apply(example.context, random.Random(seeding.base_key(*rng_key)))
-    except Exception as e:  # noqa: BLE001 - a failure inside a template is the template's
-        raise _template_error(task, template, e) from None
+    except Exception:  # noqa: BLE001 - a failure inside a third-party template drops the row
+        return Rendered("", "", [], "")
     return Rendered(inputs, targets, choices if targets in choices else [],
                     "promptsource" if template.shows_options else "")
+
+
+def template_name(task: Task, template: Template) -> str:
+    """The template's name: promptsource's own, else ``<task>_<id>``."""
+    return getattr(template, "name", None) or f"{task.name}_{template.id}"
+
+
+def probe_prompted(task: Task, data: SplitData, indices: np.ndarray, seed: int, rows: int = 16) -> dict[int, str]:
+    """Templates of a prompted task that fail on its first usable rows: {template id: why} (one line each).
+
+    Such a template is left out of the build (and recorded as skipped) instead of failing it.
+    """
+    mapper = ExampleMapper(task, data.features)
+    failed: dict[int, str] = {}
+    probe = np.asarray(indices[:rows], dtype=np.int64)
+    for chunk, batch in data.rows(probe):
+        for idx, row in zip(chunk.tolist(), batch):
+            example = mapper(row, f"row {idx} of {data.origin}")
+            for t in task.templates:
+                if example is None or t.id in failed:
+                    continue
+                try:
+                    t.apply(example.context, random.Random(seeding.base_key(seed, task.name, idx, t.id)))
+                except Exception as e:  # noqa: BLE001 - the template's failure, reported as its skip reason
+                    failed[t.id] = f"fails on row {idx}: " + str(_template_error(task, t, e)).split(": ", 1)[-1]
+    return failed
 
 
 def _template_error(task: Task, template: Template, e: Exception) -> FlanbuildError:
@@ -178,7 +209,7 @@ def _decisions(job: RenderJob, templates: list[Template]) -> dict[str, np.ndarra
         pick_inv = np.asarray(inverted)[seeding.choose(job.seed, ("template", *names, "inv"), keys, len(inverted))]
         pick_plain = np.asarray(plain)[seeding.choose(job.seed, ("template", *names, "plain"), keys, len(plain))]
         chosen = np.where(use_inv, pick_inv, pick_plain)
-    return {
+    out = {
         "keys": keys,
         "template": chosen,
         "few_shot": seeding.unit_floats(job.seed, ("few_shot", *names), keys) < style.few_shot,
@@ -186,6 +217,47 @@ def _decisions(job: RenderJob, templates: list[Template]) -> dict[str, np.ndarra
         "layout": seeding.choose(job.seed, ("layout", *names), keys, len(layouts.ALL)),
         "k": np.asarray(style.k)[seeding.choose(job.seed, ("k", *names), keys, len(style.k))],
     }
+    if repeats.any():
+        _distinct_repeats(job, templates, indices, repeats, out)
+    return out
+
+
+def _variants(job: RenderJob, template: Template) -> list[tuple[bool, int]]:
+    """The (options shown, layout) variants a template renders differently for a task under the style."""
+    style, task = job.style, job.task
+    if not task.is_classification or task.type == "prompted" or template.inverted or not template.shows_options:
+        return [(False, 0)]
+    shown = [(True, n) for n in (range(len(layouts.ALL)) if style.option_layouts else [0])]
+    return ([(False, 0)] if style.options < 1 else []) + (shown if style.options > 0 else [])
+
+
+def _distinct_repeats(job: RenderJob, templates: list[Template], indices: np.ndarray, repeats: np.ndarray,
+                      d: dict[str, np.ndarray]) -> None:
+    """Upsampling: the n-th repeat of a row takes a (template, options, layout) combination the row has
+    not had yet, while one remains. Combinations come in a seeded order per row, weighted like the first
+    draw (inverted templates at ``inverted_weight``); the first draw itself is unchanged.
+    """
+    style, names = job.style, (job.task.name, job.role)
+    both = any(t.inverted for t in templates) and not all(t.inverted for t in templates)
+    weight = [style.inverted_weight if both and style.inverted_weight is not None and t.inverted else 1.0 for t in templates]
+    combos = [(i, v) for i, t in enumerate(templates) if weight[i] > 0 for v in _variants(job, t)]
+    inverse_weight = np.array([1.0 / weight[t] for t, _ in combos])
+    orders: dict[int, list[tuple[int, tuple[bool, int]]]] = {}
+    for p in np.flatnonzero(repeats).tolist():
+        first = p - int(repeats[p])
+        idx = int(indices[p])
+        if idx not in orders:
+            t0 = int(d["template"][first])
+            v0 = (bool(d["options"][first]), int(d["layout"][first]) if style.option_layouts else 0)
+            v0 = v0 if v0 in _variants(job, templates[t0]) and v0[0] else _variants(job, templates[t0])[0]
+            u = seeding.unit_floats(job.seed, ("repeat", *names), idx + (np.arange(len(combos), dtype=np.int64) << 40))
+            rank = np.argsort(-(u ** inverse_weight), kind="stable")[:int(repeats[p:p + len(combos)].max()) + 1]
+            orders[idx] = [(t0, v0)] + [combos[c] for c in rank.tolist() if combos[c] != (t0, v0)]
+        order = orders[idx]
+        t, (show, layout) = order[int(repeats[p]) % len(order)]
+        d["template"][p] = t
+        if _variants(job, templates[t]) != [(False, 0)]:
+            d["options"][p], d["layout"][p] = show, layout
 
 
 COLUMNS = tuple(OUTPUT_SCHEMA.names)
@@ -207,6 +279,7 @@ def _records(job: RenderJob, data: SplitData, stats: RenderStats, exemplar_data:
     mapper = ExampleMapper(task, data.features)
     outputs = _all_templates(job, templates) if job.all_templates else _TrainChoice(job, templates, exemplar_data or data, mapper)
     prefix = f"{task.name}/{task.source.split_name(job.role)}/"
+    names = {t.id: template_name(task, t) for t in templates}
     position = 0
     for chunk, rows in data.rows(job.indices):
         for i, (idx, row) in enumerate(zip(chunk.tolist(), rows)):
@@ -224,8 +297,8 @@ def _records(job: RenderJob, data: SplitData, stats: RenderStats, exemplar_data:
                 stats.per_template[template.id] = stats.per_template.get(template.id, 0) + 1
                 stats.per_type[kind] = stats.per_type.get(kind, 0) + 1
                 references = example.references if r.targets == example.context.get("answer") else [r.targets]
-                yield (r.inputs, r.targets, job.task_source, task.name, kind, task.cluster, template.id, r.options,
-                       example_id, references, shot_ids, r.option_style)
+                yield (r.inputs, r.targets, job.task_source, task.name, kind, task.cluster, template.id,
+                       names[template.id], r.options, example_id, references, shot_ids, r.option_style)
         position += len(chunk)
 
 
@@ -257,7 +330,7 @@ class _TrainChoice:
         key = d["keys"][n]
         query = render_example(task, t, example, show, layout, rng_key=(self.job.seed, task.name, key, t.id))
         shots: list[tuple[int, Rendered]] = []
-        if self.pool is not None and d["few_shot"][n] and task.type != "prompted":
+        if self.pool is not None and d["few_shot"][n]:
             shots = self.pool.exemplars(idx, key, d["k"][n], t, self.templates, show, layout)
             query = _assemble(query, shots, style, self.lengths)
         return [(t, query, [self.shot_prefix + str(j) for j, _ in shots], show)]
@@ -298,7 +371,9 @@ class _ExemplarPool:
             t = template
             if job.style.few_shot_mode == "mixed":
                 t = same_kind[int(seeding.choose(job.seed, ("exemplar_template", job.task.name, key), np.array([n]), len(same_kind))[0])]
-            out.append((j, render_example(job.task, t, self._example(j), show, layout)))
+            shot = render_example(job.task, t, self._example(j), show, layout, rng_key=(job.seed, job.task.name, j, t.id))
+            if job.task.type != "prompted" or (shot.inputs and shot.targets):  # a prompted one may render empty
+                out.append((j, shot))
         return out
 
 

@@ -601,6 +601,39 @@ def make_environment(**settings) -> LimitedSandbox:
     return _install_policy(LimitedSandbox(**settings))
 
 
+#: Methods that grow a list, dict or set, with how many items each call may add (None: len of the argument).
+_GROWING = {"append": 1, "insert": 1, "add": 1, "setdefault": 1, "extend": None, "update": None}
+
+
+class MutableLimitedSandbox(LimitedSandbox):
+    """LimitedSandbox that also allows the mutation methods of lists, dicts and sets (``.append``,
+    ``.update``, ``.pop``...), as Jinja's plain SandboxedEnvironment does (promptsource renders there).
+
+    Only for values local to one render: callers hand the template copies of the row's containers
+    (see flanbuild.sources.promptsource). Every other check of LimitedSandbox applies unchanged; growth
+    is bounded too (no list, dict or set past MAX_ITEMS items).
+    """
+
+    def is_safe_attribute(self, obj, attr, value):
+        return jinja2.sandbox.SandboxedEnvironment.is_safe_attribute(self, obj, attr, value)
+
+    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - Jinja's signature
+        owner = getattr(__obj, "__self__", None)
+        added = _GROWING.get(getattr(__obj, "__name__", ""), 0)
+        if isinstance(owner, (list, dict, set)) and isinstance(__obj, types.BuiltinMethodType) and added != 0:
+            if added is None and args:
+                args = (_as_list(args[0], __obj.__name__) if not isinstance(args[0], dict) else args[0], *args[1:])
+                added = len(args[0])
+            if len(owner) + (added or 0) + len(kwargs) > MAX_ITEMS:
+                raise SecurityError(f"{__obj.__name__} would build a {type(owner).__name__} longer than {MAX_ITEMS}")
+        return super().call(__context, __obj, *args, **kwargs)
+
+
+def make_mutable_environment(**settings) -> MutableLimitedSandbox:
+    """A MutableLimitedSandbox with the same resource policy as make_environment."""
+    return _install_policy(MutableLimitedSandbox(**settings))
+
+
 @functools.lru_cache(maxsize=1)
 def environment() -> ImmutableSandboxedEnvironment:
     """The one sandboxed Jinja environment all templates and card expressions are compiled in."""
