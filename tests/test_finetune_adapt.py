@@ -327,3 +327,23 @@ def test_finetune_and_evaluate_print_progress(mixture, tmp_path, capfd):
     evaluate(data=str(mixture), model=str(run), max_examples=2, max_new_tokens=2, threads=1)
     err = capfd.readouterr().err
     assert "rank classification: 16/16 pairs 100%" in err and "greedy generation: 4/4 rows 100%" in err
+
+
+def test_metric_and_inverted_templates_of_a_real_build_reach_the_evaluator(mirror, tmp_path):
+    """A real build (mirror data): multi30k's card metric is bleu and templates 8-10 translate backwards."""
+    from flanbuild.cli.main import main as flanbuild_main
+
+    out = tmp_path / "mix"
+    rc = flanbuild_main(["build", "--out", str(out), "--heldout", "translation", "--tasks", "multi30k_ende,glue_sst2",
+                         "--data-dir", str(mirror), "--eval-cap", "2", "--task-cap", "40", "--quiet"])
+    assert rc == 0
+    run = tmp_path / "run"
+    finetune(data=str(out), model="tiny-t5", out=str(run), max_steps=0, **FAST)
+    r = evaluate(data=str(out), model=str(run), max_new_tokens=4, threads=1, quiet=True)
+    t = r["tasks"]["multi30k_ende"]
+    assert t["metric"] == "bleu" and "bleu" in t["mean"]
+    inverted = {k for k, v in t["templates"].items() if v["inverted"]}
+    assert {int(k.split(":")[0]) for k in inverted} == {8, 9, 10}
+    assert set(t["inverted_templates"]) == inverted and inverted <= set(t["excluded_templates"])
+    assert t["num_templates"] == len(t["templates"]) - 3
+    assert "is inverted (reported, not counted)" in r["table"]
