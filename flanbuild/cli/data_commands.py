@@ -180,6 +180,25 @@ def cmd_verify(args) -> int:
     from flanbuild.output.manifest import verify
 
     problems = verify(Path(args.out))
+def cmd_sources(args) -> int:
+    """Where each task's data would come from; with --check, the Hub compared with the cards."""
+    from flanbuild.sources import inspect, loader
+
+    registry = _registry(args)
+    tasks = [registry.task(n) for n in args.tasks] if args.tasks else [t for _, t in sorted(registry.tasks.items())]
+    online = not getattr(args, "offline", False) and loader.hub_reachable()
+    for task in tasks:
+        print(inspect.locate(task, _data_dirs(args), online).line())
+    if args.check and not online:
+        print("--check: the Hub is not reachable here (offline or HF_HUB_OFFLINE=1); nothing was compared")
+    elif args.check:
+        api, fs = inspect.hub_clients()
+        problems = [line for task in tasks for line in inspect.check(task, api, fs)]
+        print(*problems, sep="\n") if problems else print(f"--check: {len(tasks)} task(s) agree with the Hub")
+        return 1 if problems else 0
+    return 0
+
+
     for p in problems:
         print(f"{args.out}: {p}")
     print(f"verify: {len(problems)} problem(s)" if problems else f"verify: {args.out} matches its mixture.json",
@@ -253,3 +272,8 @@ def add_parsers(sub, common, data) -> None:
     p = sub.add_parser("verify", parents=[common], help="recompute the data files' hashes against mixture.json")
     p.add_argument("out")
     p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("sources", parents=[common, data], help="where each task's data comes from; --check asks the Hub")
+    p.add_argument("--tasks", type=_csv, default=(), help="comma-separated task names (default: all)")
+    p.add_argument("--check", action="store_true", help="compare configs, splits and features with the Hub")
+    p.set_defaults(func=cmd_sources)
+
