@@ -59,11 +59,10 @@ def test_ssti_payloads_are_refused_with_the_template_named(name):
                 type="classification", answer="label", options=("no", "yes"))
     template = Template(42, PAYLOADS[name], "{{answer}}", origin="templates/victim.yaml:7")
     example = Example({"text": "hello", "answer": "yes", "options": ["no", "yes"]}, ["no", "yes"], ["yes"])
-    started = time.perf_counter()
-    with pytest.raises(FlanbuildError) as e:
+    with pytest.raises(FlanbuildError) as e:  # bounded by the sandbox's checks, not by a wall-clock assertion
         render_example(task, template, example, True)
     assert "task victim, template 42" in str(e.value) and "templates/victim.yaml:7" in str(e.value)
-    assert "\n" not in str(e.value) and time.perf_counter() - started < 10
+    assert "\n" not in str(e.value)
 
 
 def test_deeply_nested_loops_refused_at_load(tmp_path):

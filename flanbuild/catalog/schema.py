@@ -65,7 +65,10 @@ def _from_hf(spec: Any) -> Feature:
     if kind == "Value":
         return _DTYPE_ALIASES.get(spec["dtype"], spec["dtype"])
     if kind == "ClassLabel":
-        return {"class_label": list(spec["names"])}
+        names = spec["names"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"ClassLabel names must be a list of strings, got {type(names).__name__}")
+        return {"class_label": list(names)}
     if kind in ("List", "LargeList", "Sequence"):
         inner = spec["feature"]
         if kind == "Sequence" and isinstance(inner, dict) and "_type" not in inner:
