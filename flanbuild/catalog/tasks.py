@@ -19,7 +19,8 @@ import jinja2.parser
 from flanbuild.catalog import schema
 from flanbuild.errors import FlanbuildError
 from flanbuild.catalog.templates import CONTEXT_NAMES, Template
-from flanbuild.sandbox.environment import environment
+from flanbuild.sandbox.environment import environment, parse_expression
+from flanbuild.catalog.untrusted import check_card_types
 from flanbuild.catalog.yamlio import LineDict, load_yaml, where
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
@@ -27,7 +28,7 @@ SPLIT_ROLES = ("train", "eval")
 METRICS = ("accuracy", "exact_match", "f1", "rouge", "bleu")
 _CARD_KEYS = {
     "name", "cluster", "subcluster", "description", "homepage", "license", "source", "features",
-    "fields", "filter", "type", "options", "answer", "metric", "examples", "duplicates",
+    "fields", "filter", "type", "options", "answer", "metric", "examples", "duplicates", "nulls", "override",
 }
 _SOURCE_KEYS = {"hub", "config", "splits", "files", "revision", "manual", "mirror_id"}
 _CARVE_KEYS = {"from", "last"}
@@ -108,6 +109,8 @@ class Task:
     examples: tuple[dict, ...] = ()
     duplicates: tuple[str, ...] = ()  # tasks whose source rows this task repeats (FLAN recipes use one copy)
     origin: str = ""  # the card file, for error messages
+    nulls: str = "error"  # a row whose text field is null: "error" (one-line error) or "skip" (dropped)
+    override: bool = False  # the card replaces a task of the same name from an earlier catalog (explicitly)
     provider: str = "catalog"  # catalog | niv2 | promptsource: which submixtures can select the task
 
     def __post_init__(self) -> None:
@@ -143,13 +146,12 @@ class Task:
 def _check_expression(source: Any, what: str, loc: str) -> str:
     if not isinstance(source, str) or not source.strip():
         raise FlanbuildError(f"{what} must be a non-empty Jinja expression string", where=loc)
-    try:  # parse only: compiling waits until a row needs the expression
-        parser = jinja2.parser.Parser(environment(), source, state="variable")
-        parser.parse_expression()
-        if not parser.stream.current.test("eof"):
-            raise jinja2.TemplateSyntaxError(f"unexpected {parser.stream.current.value!r}", parser.stream.current.lineno)
+    try:  # parse only (and the sandbox's nesting limits): compiling waits until a row needs the expression
+        parse_expression(source)
     except jinja2.TemplateSyntaxError as e:
-        raise FlanbuildError(f"{what}: invalid expression {source!r}: {e.message}", where=loc) from None
+        raise FlanbuildError(f"{what}: invalid expression {source[:200]!r}: {e.message}", where=loc) from None
+    except jinja2.exceptions.SecurityError as e:
+        raise FlanbuildError(f"{what}: refused by the sandbox: {e}", where=loc) from None
     return source
 
 
@@ -218,6 +220,7 @@ def _resolve_splits(splits: dict, loc: str) -> dict[str, str]:
 
 def parse_card(doc: Any, path: Path, catalog_dir: Path, templates: tuple[Template, ...] = ()) -> Task:
     """Validate one task card; every problem is reported with file and line."""
+    check_card_types(doc, path)
     name = _check_header(doc, path)
     fields = _parse_fields(doc, path, name)
     answer = _check_expression(doc["answer"], f"task {name}: answer", where(path, doc, "answer"))
@@ -237,6 +240,7 @@ def parse_card(doc: Any, path: Path, catalog_dir: Path, templates: tuple[Templat
         filter=flt, features=features, metric=metric, subcluster=doc.get("subcluster"),
         description=str(doc.get("description") or "").strip(), homepage=doc.get("homepage"), license=doc.get("license"),
         examples=_parse_examples(doc, path, name), duplicates=_parse_duplicates(doc, path, name), origin=str(path),
+        nulls=doc.get("nulls") or "error", override=bool(doc.get("override")),
     )
 
 
@@ -334,11 +338,14 @@ def parse_clusters(doc: Any, path: Path) -> list[Cluster]:
         spec = spec or {}
         if not isinstance(name, str) or not NAME_RE.match(name) or not isinstance(spec, dict):
             raise FlanbuildError(f"cluster {name!r}: needs a [a-z0-9_]+ name and a mapping", where=loc)
-        unknown = set(spec) - {"title", "also_remove"}
+        unknown = set(spec) - {"title", "also_remove", "override"}
         if unknown:
-            raise FlanbuildError(f"cluster {name}: unknown key(s) {sorted(unknown)} (allowed: title, also_remove)", where=loc)
+            raise FlanbuildError(f"cluster {name}: unknown key(s) {sorted(unknown)} (allowed: title, also_remove, "
+                                 f"override)", where=loc)
         also = spec.get("also_remove") or []
-        if not isinstance(also, list):
+        if not isinstance(also, list) or not all(isinstance(a, str) for a in also):
             raise FlanbuildError(f"cluster {name}: also_remove must be a list of cluster names", where=loc)
+        if not isinstance(spec.get("title", ""), (str, type(None))) or not isinstance(spec.get("override", False), bool):
+            raise FlanbuildError(f"cluster {name}: 'title' must be a string and 'override' true or false", where=loc)
         out.append(Cluster(name, str(spec.get("title") or name), tuple(map(str, also))))
     return out

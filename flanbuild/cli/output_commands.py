@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from flanbuild.cli import argtypes
 from flanbuild.cli.argtypes import int_at_least
 from flanbuild.errors import FlanbuildError
 
@@ -123,7 +124,7 @@ def add_parsers(subparsers, common: argparse.ArgumentParser) -> None:
     p.add_argument("out", metavar="OUT", help="a build directory")
     p.add_argument("--task", metavar="T", help="only rows of this task")
     p.add_argument("--cluster", metavar="C", help="only rows of this cluster")
-    p.add_argument("--template", type=int, metavar="ID", help="only rows rendered by this template id")
+    p.add_argument("--template", type=argtypes.template_id, metavar="ID", help="only rows rendered by this template id")
     p.add_argument("-n", type=_positive, default=3, help="number of rows (default 3)")
     p.add_argument("--offset", type=_nonneg, default=0, metavar="K", help="skip the first K matching rows")
     p.add_argument("--split", choices=["train", "eval"], default="train")

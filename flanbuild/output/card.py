@@ -303,8 +303,11 @@ def _settings(manifest: dict) -> list[list[str]]:
     ]
     if cfg.get("tasks"):
         rows.append(["tasks asked for", ", ".join(code(t) for t in cfg["tasks"])])
+    if cfg.get("overrides"):  # built-in clusters/tasks/templates a --catalog replaced (override: true)
+        rows.append(["replaced by a catalog (override: true)",
+                     ", ".join(f"{o.get('kind', '')} {code(o.get('name', ''))}" for o in cfg["overrides"])])
     for key, value in cfg.items():
-        if key in _SHOWN_KEYS or key in _PATH_KEYS or value in (None, [], {}, ""):
+        if key in _SHOWN_KEYS or key in _PATH_KEYS or key == "overrides" or value in (None, [], {}, ""):
             continue
         rows.append([code(key), code(json.dumps(value, ensure_ascii=False))])
     rows.append(["content fingerprint", code(manifest["fingerprint"])])

@@ -94,6 +94,7 @@ class ConfigRecord(TypedDict):
     clusters: list[str]
     strict: bool
     shard_rows: int
+    overrides: NotRequired[list[dict[str, str]]]  # catalog entries that replaced earlier ones (override: true)
 
 
 class Manifest(TypedDict):
