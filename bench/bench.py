@@ -206,6 +206,7 @@ def main() -> int:
     edited = work / "edited-catalog"
     (edited / "templates").mkdir(parents=True, exist_ok=True)
     text = (REPO / "templates" / "glue_sst2.yaml").read_text().replace("Is the reviewer's attitude", "Is the critic's attitude", 1)
+    text = text.replace("task: glue_sst2\n", "task: glue_sst2\noverride: true\n", 1)  # replacing a built-in entry is explicit
     (edited / "templates" / "glue_sst2.yaml").write_text(text)
     incr, _, _ = run_measured(flanbuild(["--out", str(work / "mix-incr"), *base, "--catalog", str(edited)]), mix_env)
     print(f"default mixture: cold build {cold:.1f}s, unchanged rebuild {warm:.1f}s, rebuild after one template "

@@ -339,7 +339,7 @@ def rebuilds(work: Path, data: Path, env: dict, workers: str, scale: float, sele
     (edited / "templates").mkdir(parents=True, exist_ok=True)
     text = (REPO / "templates" / "glue_sst2.yaml").read_text()
     (edited / "templates" / "glue_sst2.yaml").write_text(
-        text.replace("Is the reviewer's attitude", "Is the critic's attitude", 1))
+        text.replace("Is the reviewer's attitude", "Is the critic's attitude", 1).replace("task: glue_sst2\n", "task: glue_sst2\noverride: true\n", 1))
     one, _, _ = run_measured(flanbuild([*common, "--catalog", str(edited)]), cache_env)
     print(f"rebuilds (workers={workers}): cold {cold:.1f}s, unchanged {same:.1f}s ({same / cold:.0%} of cold), "
           f"one template changed {one:.1f}s ({one / cold:.0%} of cold)", flush=True)

@@ -1,0 +1,61 @@
+"""Incremental rebuilds: an unchanged rebuild touches nothing; any change that decides OUT rebuilds it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import toy_build
+
+
+def _registry(catalog: Path):
+    from flanbuild.catalog.registry import Registry
+
+    registry = Registry()
+    registry.load_catalog(catalog)
+    return registry
+
+
+def _stamp(out: Path) -> dict[str, tuple[int, int]]:
+    return {p.relative_to(out).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns)
+            for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_unchanged_rebuild_is_up_to_date_and_touches_nothing(toy_catalog, tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    first = toy_build(_registry(toy_catalog), out, cache_dir=cache)
+    assert first.shards > 0 and first.manifest["build_key"]
+    before = _stamp(out)
+    again = toy_build(_registry(toy_catalog), out, cache_dir=cache)
+    assert again.shards == 0 and again.cached_shards == 0  # nothing rendered, not even looked up
+    assert _stamp(out) == before  # not one file rewritten or replaced
+    assert again.manifest == json.loads((out / "mixture.json").read_text())
+
+
+def test_a_changed_template_or_config_rebuilds(toy_catalog, tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    first = toy_build(_registry(toy_catalog), out, cache_dir=cache)
+    seeded = toy_build(_registry(toy_catalog), out, cache_dir=cache, seed=1)  # config changes: rebuilt
+    assert seeded.shards > 0 and seeded.manifest["build_key"] != first.manifest["build_key"]
+    template = toy_catalog / "templates" / "sent_a.yaml"
+    template.write_text(template.read_text().replace("Label this:", "Label this, please:"))
+    edited = toy_build(_registry(toy_catalog), out, cache_dir=cache, seed=1)
+    assert edited.shards > 0 and edited.cached_shards < edited.shards  # the edited task re-rendered, others cached
+    assert edited.manifest["build_key"] not in (first.manifest["build_key"], seeded.manifest["build_key"])
+    assert json.loads((out / "mixture.json").read_text())["build_key"] == edited.manifest["build_key"]
+
+
+def test_damaged_or_incomplete_output_is_rebuilt(toy_catalog, tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    first = toy_build(_registry(toy_catalog), out, cache_dir=cache)
+    (out / "README.md").unlink()  # the card is part of a build: its absence means OUT is not this build
+    again = toy_build(_registry(toy_catalog), out, cache_dir=cache)
+    assert again.shards > 0 and (out / "README.md").is_file()
+    assert again.manifest["fingerprint"] == first.manifest["fingerprint"]
+
+
+def test_without_the_cache_every_build_renders(toy_catalog, tmp_path):
+    out = tmp_path / "out"
+    toy_build(_registry(toy_catalog), out, use_cache=False)
+    again = toy_build(_registry(toy_catalog), out, use_cache=False)
+    assert again.shards > 0 and "build_key" not in again.manifest
