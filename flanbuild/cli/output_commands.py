@@ -38,7 +38,15 @@ _nonneg = int_at_least(0)
 
 # -- handlers -------------------------------------------------------------------------------------
 
+def _offline(args) -> None:
+    if getattr(args, "offline", False):
+        from flanbuild.sources import offline
+
+        offline.set_offline()
+
+
 def stats_handler(args) -> int:
+    _offline(args)
     from flanbuild.output.show import stats_command
 
     return stats_command(Path(args.out), as_json=args.json, plot=args.plot or bool(args.plot_dir),
@@ -88,6 +96,7 @@ def push_handler(args) -> int:
 
 
 def card_handler(args) -> int:
+    _offline(args)
     from flanbuild.builder import load_registry
     from flanbuild.output.card import write_card
     from flanbuild.output.manifest import load_manifest
@@ -114,6 +123,7 @@ def add_parsers(subparsers, common: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", action="store_true", help="also write composition.png and lengths.png (into OUT)")
     p.add_argument("--plot-dir", metavar="DIR", help="write the pictures here instead of OUT (implies --plot)")
     p.add_argument("--tokenizer", metavar="NAME_OR_PATH", help="also count tokens (on a sample) with this tokenizer")
+    p.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub (tokenizer from a path or the cache)")
     p.add_argument("--manifest-only", action="store_true",
                    help="only what mixture.json says (no pass over the data: no template types or lengths)")
     p.set_defaults(func=stats_handler)
@@ -175,5 +185,6 @@ def add_parsers(subparsers, common: argparse.ArgumentParser) -> None:
                               "(what a build does at its end).")
     p.add_argument("out", metavar="OUT", help="a build directory")
     p.add_argument("--tokenizer", metavar="NAME_OR_PATH", help="add token counts with this tokenizer")
+    p.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub (tokenizer from a path or the cache)")
     p.add_argument("--no-plots", action="store_true", help="no pictures (and no matplotlib)")
     p.set_defaults(func=card_handler)

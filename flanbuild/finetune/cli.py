@@ -22,6 +22,17 @@ from flanbuild.finetune.config import (
 MODELS = ", ".join(PRESETS + PRETRAINED_PRESETS)
 
 
+def _fail_fast_offline(model: str) -> None:
+    """A hub id that cannot load offline is a one-line error before torch/transformers are imported (< 2 s)."""
+    from pathlib import Path
+
+    if model in PRESETS or model in PRETRAINED_PRESETS or Path(model).expanduser().exists():
+        return
+    from flanbuild.sources import offline
+
+    offline.require_local(model, "model")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="OUT", help="mixture directory written by `flanbuild build --out OUT`")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: GPU when available")
@@ -179,6 +190,7 @@ def compare_handler(args) -> int:
 
 
 def finetune_handler(args) -> int:
+    _fail_fast_offline(args.model)
     from flanbuild.finetune import finetune
 
     cfg = FinetuneConfig(
@@ -201,6 +213,7 @@ def finetune_handler(args) -> int:
 
 
 def evaluate_handler(args) -> int:
+    _fail_fast_offline(args.model)
     from flanbuild.finetune import evaluate
 
     cfg = EvalConfig(

@@ -271,6 +271,9 @@ def load_token_counter(name_or_path: str):
     Hugging Face cache or downloadable) is read with the ``tokenizers`` library; anything else falls
     back to ``transformers.AutoTokenizer`` (which imports torch, hence the fast path first).
     """
+    from flanbuild.sources import offline
+
+    offline.require_local(name_or_path, "tokenizer")  # offline and not cached: one line now, not 80 s of retries
     path = Path(name_or_path).expanduser()
     tok_file = None
     if path.is_file() and path.suffix == ".json":
@@ -281,7 +284,8 @@ def load_token_counter(name_or_path: str):
         try:
             from huggingface_hub import hf_hub_download
 
-            tok_file = Path(hf_hub_download(name_or_path, "tokenizer.json"))
+            with offline.hub_offline():
+                tok_file = Path(hf_hub_download(name_or_path, "tokenizer.json"))
         except Exception:  # noqa: BLE001 - not cached / offline / no tokenizer.json: try transformers
             tok_file = None
     if tok_file is not None:
@@ -295,7 +299,8 @@ def load_token_counter(name_or_path: str):
     try:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(name_or_path)
+        with offline.hub_offline():
+            tok = AutoTokenizer.from_pretrained(name_or_path)
     except Exception as e:  # noqa: BLE001
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise FlanbuildError(f"cannot load tokenizer {name_or_path!r}: {first[:200]}") from None

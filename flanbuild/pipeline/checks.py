@@ -51,6 +51,11 @@ def check_names(registry, config) -> None:
     for kind, name, where in named_clusters:
         if name not in clusters:
             raise unknown(kind, name, clusters, where)
+    tokenizer = getattr(config.recipe.prompt, "tokenizer", None)
+    if tokenizer:  # offline and not cached: say so now, not after rendering (and without 80 s of retries)
+        from flanbuild.sources import offline
+
+        offline.require_local(tokenizer, "tokenizer")
 
 
 def plan_notes(config, cluster_of: Mapping[str, str], roles: Mapping[str, str], shares: Mapping) -> list[str]:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -28,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flanbuild.catalog import schema
+from flanbuild.sources import offline
 from flanbuild.errors import DataNotFound, FlanbuildError
 from flanbuild.catalog.tasks import Task, parse_slice
 
@@ -243,9 +242,8 @@ def _load_from_hub(task: Task, split: str, data_dirs: list[Path]) -> SplitData:
     src = task.source
     mirrors = ", ".join(str(d) for d in data_dirs) or "none given"
     manual = f"; {src.manual}" if src.manual else ""
-    if not hub_reachable():
-        # Offline: the datasets cache may still hold it; HF_HUB_OFFLINE makes a miss fail at once.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    hub_offline = offline.is_offline()
+    if hub_offline:  # the datasets cache may still hold it; loaded in offline mode, a miss fails at once
         if not _in_hf_cache(src.hub):
             raise DataNotFound(f"{src.hub}/{src.config}/{split} not in the local mirror ({mirrors}) and the hub is "
                                f"offline with no copy in the local Hugging Face cache{manual}")
@@ -253,14 +251,15 @@ def _load_from_hub(task: Task, split: str, data_dirs: list[Path]) -> SplitData:
     try:
         import datasets
 
-        ds = datasets.load_dataset(src.hub, None if src.config == "default" else src.config,
-                                   split=split, revision=src.revision)
+        with offline.hub_offline(hub_offline):
+            ds = datasets.load_dataset(src.hub, None if src.config == "default" else src.config,
+                                       split=split, revision=src.revision)
     except Exception as e:  # noqa: BLE001 - the datasets library raises many types; all mean "not here"
-        offline = " (hub offline)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        offline_note = " (hub offline)" if hub_offline else ""
         reason = " ".join(str(e).split())[:200] or type(e).__name__
         raise DataNotFound(
             f"{src.hub}/{src.config}/{split} not in the local mirror ({mirrors}) and not loadable from the "
-            f"hub{offline}: {reason}{manual}"
+            f"hub{offline_note}: {reason}{manual}"
         ) from None
     features = schema.from_hf(ds.features.to_dict())
     files = [Path(f["filename"]) for f in ds.cache_files]
@@ -279,36 +278,9 @@ def _in_hf_cache(hub_id: str) -> bool:
                                     hub_cache / f"datasets--{hub_id.replace('/', '--')}"))
 
 
-_HUB_STATE: dict[str, bool] = {}
-_HUB_LOCK = threading.Lock()
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face Hub answers, decided once per process.
-
-    ``HF_HUB_OFFLINE=1`` means no. Otherwise one TCP connect with a short timeout: without it, every
-    hub call on a machine without network retries for 20-40 s before failing.
-    """
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    with _HUB_LOCK:
-        if "ok" not in _HUB_STATE:
-            endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-            host = endpoint.split("://", 1)[-1].split("/", 1)[0]
-            result: list[bool] = []
-
-            def probe() -> None:
-                try:
-                    socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
-                    result.append(True)
-                except OSError:
-                    result.append(False)
-
-            thread = threading.Thread(target=probe, daemon=True)
-            thread.start()
-            thread.join(timeout + 0.5)
-            _HUB_STATE["ok"] = bool(result and result[0])
-        return _HUB_STATE["ok"]
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face Hub answers (the one offline policy: ``flanbuild.sources.offline``)."""
+    return offline.hub_reachable(timeout)
 
 
 def quiet_libraries() -> None:
