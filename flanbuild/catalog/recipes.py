@@ -131,34 +131,38 @@ _FIELD_TYPES = {
 }
 
 
-def _type_error(kind: tuple, value: Any) -> str | None:
-    """Why ``value`` is not of ``kind`` (None when it is)."""
+def _is_int(v: Any, lo: float, hi: float) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _is_number(v: Any, lo: float, hi: float) -> bool:
     import math
 
-    name = kind[0].rstrip("?")
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
+
+
+#: kind -> (check(value, minimum, maximum), what the value must be)
+_KINDS = {
+    "str": (lambda v, lo, hi: isinstance(v, str), "a string"),
+    "bool": (lambda v, lo, hi: isinstance(v, bool), "true or false"),
+    "names": (lambda v, lo, hi: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of names"),
+    "list": (lambda v, lo, hi: isinstance(v, list), "a list"),
+    "map": (lambda v, lo, hi: isinstance(v, dict), "a mapping"),
+    "int": (_is_int, "an integer between {lo} and {hi}"),
+    "number": (_is_number, "a number between {lo} and {hi}"),
+    "ints": (lambda v, lo, hi: bool(v if isinstance(v, list) else [v])
+             and all(_is_int(x, lo, hi) for x in (v if isinstance(v, list) else [v])),
+             "an integer between {lo} and {hi} or a non-empty list of them"),
+}
+
+
+def _type_error(kind: tuple, value: Any) -> str | None:
+    """Why ``value`` is not of ``kind`` (None when it is)."""
     if kind[0].endswith("?") and value is None:
         return None
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    if name == "str":
-        return None if isinstance(value, str) else "a string"
-    if name == "bool":
-        return None if isinstance(value, bool) else "true or false"
-    if name == "names":
-        return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else "a list of names"
-    if name == "list":
-        return None if isinstance(value, list) else "a list"
-    if name == "map":
-        return None if isinstance(value, dict) else "a mapping"
-    if name == "ints":
-        values = value if isinstance(value, list) else [value]
-        ok = values and all(isinstance(v, int) and not isinstance(v, bool) and kind[1] <= v <= kind[2] for v in values)
-        return None if ok else f"an integer between {kind[1]} and {kind[2]} or a non-empty list of them"
-    if name == "int":
-        return None if is_int and kind[1] <= value <= kind[2] else f"an integer between {kind[1]} and {kind[2]}"
-    if name == "number":
-        ok = (is_int or isinstance(value, float)) and math.isfinite(value) and kind[1] <= value <= kind[2]
-        return None if ok else f"a number between {kind[1]} and {kind[2]}"
-    return None
+    check, what = _KINDS[kind[0].rstrip("?")]
+    lo, hi = (kind[1], kind[2]) if len(kind) == 3 else (None, None)
+    return None if check(value, lo, hi) else what.format(lo=lo, hi=hi)
 
 
 def check_recipe_types(doc: Any, path: Path) -> None:

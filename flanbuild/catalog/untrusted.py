@@ -74,12 +74,22 @@ def check_card_types(doc: Any, path: Path | str) -> None:
     ``source`` names are Hub ids / plain names, ``splits`` and ``files`` map roles to strings (or a
     carve mapping), ``nulls`` and ``override`` are valid.
     """
-    from flanbuild.catalog.yamlio import where
-
     if not isinstance(doc, dict):
         return
     name = doc.get("name")
     task = f"task {escape(name)}: " if isinstance(name, str) else ""
+    _check_top_level(doc, path, task)
+    if isinstance(doc.get("source"), dict):
+        _check_source(doc["source"], where(path, doc, "source"), task)
+
+
+def where(path: Path | str, mapping: Any = None, key: str | None = None) -> str:
+    """``path:line`` of a key of a yamlio LineDict (the same as ``yamlio.where``, without importing it)."""
+    line_of = getattr(mapping, "line_of", None)
+    return f"{path}:{line_of(key)}" if line_of is not None else str(path)
+
+
+def _check_top_level(doc: dict, path: Path | str, task: str) -> None:
     for key in _TEXT_KEYS:
         value = doc.get(key)
         if value is not None and not isinstance(value, str):
@@ -97,15 +107,14 @@ def check_card_types(doc: Any, path: Path | str) -> None:
         if value is not None and not isinstance(value, str):
             raise FlanbuildError(f"{task}'{key}' must be a Jinja expression string, got {type(value).__name__}",
                                  where=where(path, doc, key))
-    source = doc.get("source")
-    if not isinstance(source, dict):
-        return
-    loc = where(path, doc, "source")
+
+
+def _check_source(source: dict, loc: str, task: str) -> None:
     for key in _SOURCE_TEXT_KEYS:
         value = source.get(key)
         if value is not None and not isinstance(value, str):
             raise FlanbuildError(f"{task}source.{key} must be a string, got {type(value).__name__} "
-                                 f"{escape(repr(value))[:80]}", where=where(path, source, key) if hasattr(source, "line_of") else loc)
+                                 f"{escape(repr(value))[:80]}", where=loc)
     if source.get("hub") is not None:
         check_hub_id(source["hub"], f"{task}source.hub", loc)
     if source.get("config") is not None:
@@ -118,17 +127,19 @@ def check_card_types(doc: Any, path: Path | str) -> None:
             check_name_part(parts[2], f"{task}source.mirror_id config", loc)
     for key in ("splits", "files"):
         mapping = source.get(key)
-        if not isinstance(mapping, dict):
+        if isinstance(mapping, dict):
+            _check_roles(mapping, key, loc, task)
+
+
+def _check_roles(mapping: dict, key: str, loc: str, task: str) -> None:
+    for role, value in mapping.items():
+        if key == "splits" and isinstance(value, dict):
+            frm = value.get("from")
+            if isinstance(frm, str):
+                check_name_part(frm, f"{task}source.splits.{escape(role)}.from", loc)
             continue
-        for role, value in mapping.items():
-            if key == "splits" and isinstance(value, dict):
-                frm = value.get("from")
-                if isinstance(frm, str):
-                    check_name_part(frm, f"{task}source.splits.{escape(role)}.from", loc)
-                continue
-            if not isinstance(value, str):
-                raise FlanbuildError(f"{task}source.{key}.{escape(role)} must be a string, got {type(value).__name__} "
-                                     f"{escape(repr(value))[:80]}", where=loc)
-            if key == "splits":
-                base = value.split("[", 1)[0]
-                check_name_part(base, f"{task}source.splits.{escape(role)}", loc)
+        if not isinstance(value, str):
+            raise FlanbuildError(f"{task}source.{key}.{escape(role)} must be a string, got {type(value).__name__} "
+                                 f"{escape(repr(value))[:80]}", where=loc)
+        if key == "splits":
+            check_name_part(value.split("[", 1)[0], f"{task}source.splits.{escape(role)}", loc)

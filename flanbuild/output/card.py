@@ -270,7 +270,7 @@ _PATH_KEYS = {"data_dirs", "catalogs", "mixture_file", "niv2_dir", "promptsource
 _SHOWN_KEYS = {"mixture", "seed", "heldout", "removed_clusters", "extra_removals", "task_cap_override",
                "rate_cap_override", "submixtures",
                "temperature", "task_weights", "cluster_weights", "train_size", "eval_cap", "tasks", "strict",
-               "shard_rows"}
+               "shard_rows", "overrides"}
 
 
 def _cap(override: int | None, submixtures: list[dict], key: str) -> str:
@@ -279,6 +279,14 @@ def _cap(override: int | None, submixtures: list[dict], key: str) -> str:
         return _n(override) if override else "no cap"
     caps = [f"{s['name']}: {_n(s[key]) if s.get(key) else 'no cap'}" for s in submixtures]
     return ", ".join(caps) or "no cap"
+
+
+def _override_rows(cfg: dict) -> list[list[str]]:
+    """Built-in clusters/tasks/templates a --catalog replaced (``override: true`` in the catalog)."""
+    if not cfg.get("overrides"):
+        return []
+    return [["replaced by a catalog (override: true)",
+             ", ".join(f"{o.get('kind', '')} {code(o.get('name', ''))}" for o in cfg["overrides"])]]
 
 
 def _settings(manifest: dict) -> list[list[str]]:
@@ -303,11 +311,9 @@ def _settings(manifest: dict) -> list[list[str]]:
     ]
     if cfg.get("tasks"):
         rows.append(["tasks asked for", ", ".join(code(t) for t in cfg["tasks"])])
-    if cfg.get("overrides"):  # built-in clusters/tasks/templates a --catalog replaced (override: true)
-        rows.append(["replaced by a catalog (override: true)",
-                     ", ".join(f"{o.get('kind', '')} {code(o.get('name', ''))}" for o in cfg["overrides"])])
+    rows += _override_rows(cfg)
     for key, value in cfg.items():
-        if key in _SHOWN_KEYS or key in _PATH_KEYS or key == "overrides" or value in (None, [], {}, ""):
+        if key in _SHOWN_KEYS or key in _PATH_KEYS or value in (None, [], {}, ""):
             continue
         rows.append([code(key), code(json.dumps(value, ensure_ascii=False))])
     rows.append(["content fingerprint", code(manifest["fingerprint"])])

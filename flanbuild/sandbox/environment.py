@@ -172,36 +172,49 @@ def plain_size(value, limit: int = MAX_STRING, what: str = "value") -> int:
     elif t is float or value is None:
         size = 24
     else:
-        size = 0
-        stack = [(value, 0)]
-        while stack:
-            item, depth = stack.pop()
-            if isinstance(item, str):
-                size += len(item) + 2
-            elif isinstance(item, bool) or item is None:
-                size += 5
-            elif isinstance(item, int):
-                size += item.bit_length() // 3 + 2
-            elif isinstance(item, _SCALARS):
-                size += 32
-            elif isinstance(item, Undefined):
-                size += len(str(item))  # StrictUndefined raises its own error here
-            elif isinstance(item, (list, tuple, dict)):
-                if depth >= MAX_PLAIN_DEPTH:
-                    raise SecurityError(f"{what} nested deeper than {MAX_PLAIN_DEPTH} levels")
-                size += 2
-                if len(item) > limit:
-                    raise SecurityError(f"{what} longer than {limit} characters")
-                children = (c for kv in item.items() for c in kv) if isinstance(item, dict) else item
-                stack.extend((c, depth + 1) for c in children)
-            elif isinstance(item, bytes):
-                size += 3 + 4 * len(item)
-            else:
-                _refuse_object(item)
-            if size > limit:
-                raise SecurityError(f"{what} longer than {limit} characters")
+        size = _walk_size(value, limit, what)
     if size > limit:
         raise SecurityError(f"{what} longer than {limit} characters")
+    return size
+
+
+def _item_size(item) -> int | None:
+    """The printed size of a scalar item (None for containers and anything else)."""
+    if isinstance(item, str):
+        return len(item) + 2
+    if isinstance(item, bool) or item is None:
+        return 5
+    if isinstance(item, int):
+        return item.bit_length() // 3 + 2
+    if isinstance(item, _SCALARS):
+        return 32
+    if isinstance(item, bytes):
+        return 3 + 4 * len(item)
+    if isinstance(item, Undefined):
+        return len(str(item))  # StrictUndefined raises its own error here
+    return None
+
+
+def _walk_size(value, limit: int, what: str) -> int:
+    size = 0
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        scalar = _item_size(item)
+        if scalar is not None:
+            size += scalar
+        elif isinstance(item, (list, tuple, dict)):
+            if depth >= MAX_PLAIN_DEPTH:
+                raise SecurityError(f"{what} nested deeper than {MAX_PLAIN_DEPTH} levels")
+            if len(item) > limit:
+                raise SecurityError(f"{what} longer than {limit} characters")
+            size += 2
+            children = (c for kv in item.items() for c in kv) if isinstance(item, dict) else item
+            stack.extend((c, depth + 1) for c in children)
+        else:
+            _refuse_object(item)
+        if size > limit:
+            raise SecurityError(f"{what} longer than {limit} characters")
     return size
 
 
@@ -472,29 +485,32 @@ def _check_method_call(obj, args: tuple, kwargs: dict) -> tuple:
     name = obj.__name__
     values = (*args, *kwargs.values())
     if isinstance(owner, (str, bytes)):
-        if name in _WIDTH_METHODS:
-            for v in values:
-                _check_width(v, f"str.{name} width")
-        elif name == "expandtabs":
-            size = values[0] if values else 8
-            tab = "\t" if isinstance(owner, str) else b"\t"
-            if isinstance(size, int) and len(owner) + owner.count(tab) * max(size, 0) > MAX_STRING:
-                _too_long("expandtabs")
-        elif name == "join" and args:
-            total = 0
-            items = _as_list(args[0], "join")
-            args = (items, *args[1:])
-            for item in items:
-                total += len(owner) + (len(item) if isinstance(item, (str, bytes)) else 0)
-                if total > MAX_STRING:
-                    _too_long("join")
-        elif name == "replace" and len(values) >= 2 and isinstance(values[0], type(owner)):
-            old, new = values[0], values[1]
-            hits = len(owner) + 1 if not old else owner.count(old)
-            if isinstance(new, (str, bytes)) and len(owner) + hits * (len(new) - len(old)) > MAX_STRING:
-                _too_long("replace")
+        args = _check_str_method(owner, name, args, values)
     for v in values:  # e.g. (1).to_bytes(10**9): no builtin method gets a size beyond the limits
         _check_width(v, f"argument of {name}")
+    return args
+
+
+def _check_str_method(owner, name: str, args: tuple, values: tuple) -> tuple:
+    if name in _WIDTH_METHODS:
+        for v in values:
+            _check_width(v, f"str.{name} width")
+    elif name == "expandtabs":
+        size = values[0] if values else 8
+        tab = "\t" if isinstance(owner, str) else b"\t"
+        if isinstance(size, int) and len(owner) + owner.count(tab) * max(size, 0) > MAX_STRING:
+            _too_long("expandtabs")
+    elif name == "join" and args:
+        items = _as_list(args[0], "join")
+        total = sum(len(owner) + (len(i) if isinstance(i, (str, bytes)) else 0) for i in items)
+        if total > MAX_STRING:
+            _too_long("join")
+        args = (items, *args[1:])
+    elif name == "replace" and len(values) >= 2 and isinstance(values[0], type(owner)):
+        old, new = values[0], values[1]
+        hits = len(owner) + 1 if not old else owner.count(old)
+        if isinstance(new, (str, bytes)) and len(owner) + hits * (len(new) - len(old)) > MAX_STRING:
+            _too_long("replace")
     return args
 
 
@@ -511,6 +527,36 @@ class _LimitedCodeGenerator(CodeGenerator):
         self.write("))")
 
 
+def _check_mul(left, right) -> None:
+    for seq, times in ((left, right), (right, left)):
+        if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > MAX_SEQUENCE:
+            raise SecurityError(f"'*' would build a sequence longer than {MAX_SEQUENCE}")
+    if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > MAX_INT_BITS:
+        raise SecurityError(f"'*' would build an integer larger than {MAX_INT_BITS} bits")
+
+
+def _check_pow(left, right) -> None:
+    if isinstance(right, (int, float)) and abs(right) > 100:
+        raise SecurityError("'**' with an exponent above 100 is refused")
+    if isinstance(left, int) and isinstance(right, int) and right > 0 and left.bit_length() * right > MAX_INT_BITS:
+        raise SecurityError(f"'**' would build an integer larger than {MAX_INT_BITS} bits")
+
+
+def _check_add(left, right) -> None:
+    if isinstance(left, str) and isinstance(right, str) and len(left) + len(right) > MAX_STRING:
+        _too_long("'+'")
+    if isinstance(left, (list, tuple)) and isinstance(right, (list, tuple)) and len(left) + len(right) > MAX_ITEMS:
+        raise SecurityError(f"'+' would build a list longer than {MAX_ITEMS}")
+
+
+def _check_mod(left, right) -> None:
+    if isinstance(left, str):
+        check_percent(left, right)
+
+
+_BINOP_CHECKS = {"*": _check_mul, "**": _check_pow, "+": _check_add, "%": _check_mod}
+
+
 class LimitedSandbox(ImmutableSandboxedEnvironment):
     """The immutable sandbox, plus the resource policy of this module (see the module docstring)."""
 
@@ -520,24 +566,9 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
 
     def call_binop(self, context, operator, left, right):
         _tick()
-        if operator == "*":
-            for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > MAX_SEQUENCE:
-                    raise SecurityError(f"'*' would build a sequence longer than {MAX_SEQUENCE}")
-            if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > MAX_INT_BITS:
-                raise SecurityError(f"'*' would build an integer larger than {MAX_INT_BITS} bits")
-        elif operator == "**":
-            if isinstance(right, (int, float)) and abs(right) > 100:
-                raise SecurityError("'**' with an exponent above 100 is refused")
-            if isinstance(left, int) and isinstance(right, int) and right > 0 and left.bit_length() * right > MAX_INT_BITS:
-                raise SecurityError(f"'**' would build an integer larger than {MAX_INT_BITS} bits")
-        elif operator == "+":
-            if isinstance(left, str) and isinstance(right, str) and len(left) + len(right) > MAX_STRING:
-                _too_long("'+'")
-            if isinstance(left, (list, tuple)) and isinstance(right, (list, tuple)) and len(left) + len(right) > MAX_ITEMS:
-                raise SecurityError(f"'+' would build a list longer than {MAX_ITEMS}")
-        elif operator == "%" and isinstance(left, str):
-            check_percent(left, right)
+        check = _BINOP_CHECKS.get(operator)
+        if check is not None:
+            check(left, right)
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - Jinja's signature
