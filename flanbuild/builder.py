@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from flanbuild.pipeline import decontam
+from flanbuild.pipeline import decontam_cache
 from flanbuild.pipeline import engine
 from flanbuild.pipeline import mixer
 from flanbuild.pipeline import writer
@@ -150,7 +151,8 @@ def build(config: BuildConfig, registry: Registry | None = None, progress: Progr
     jobs, shares = _plan(config, registry, selection)
     for note in checks.plan_notes(config, {n: t.cluster for n, t in registry.tasks.items()}, selection.roles, shares):
         log(note)
-    key = _build_key(config, registry, selection, jobs, shares, held, removed) if cache_dir else ""
+    shard_keys = _shard_keys(jobs, selection.data) if cache_dir else {}
+    key = _build_key(config, registry, selection, shard_keys, shares, held, removed) if cache_dir else ""
     ready = uptodate.current(out, key) if key else None
     if ready is not None:  # OUT already holds this build, verified: nothing to render, write or plot
         log.finish(f"{out} is up to date (build key {key[:12]}); nothing rendered or written, "
@@ -162,7 +164,8 @@ def build(config: BuildConfig, registry: Registry | None = None, progress: Progr
         parts_dir.mkdir()
         paths, stats, n_shards, cached = _render(jobs, selection.data, selection.roles, parts_dir, cache_dir, config, log)
         jobs = _drop_empty(jobs, stats, selection, log)
-        decontaminated = _decontaminate(jobs, selection.data, paths, stats, config.recipe.decontaminate_ngram, log)
+        decontaminated = _decontaminate(jobs, selection.data, paths, stats, config.recipe.decontaminate_ngram, log,
+                                        shard_keys, cache_dir)
         collector = StatsCollector(config.seed, config.recipe.prompt.tokenizer)
         log.stage("writing the splits", total=sum(s.rows for s in stats.values()))
 
@@ -193,11 +196,16 @@ def build(config: BuildConfig, registry: Registry | None = None, progress: Progr
     return BuildResult(out, manifest, n_shards, cached)
 
 
-def _build_key(config: BuildConfig, registry: Registry, sel: Selection, jobs: list[RenderJob],
+def _shard_keys(jobs: list[RenderJob], data: dict[str, SplitData]) -> dict[str, list[str]]:
+    """Each task's render-cache keys, shard by shard (what names its rendered bytes)."""
+    return {job.task.name: [engine.cache_key(piece, data[job.task.name]) for piece in engine.split_job(job)]
+            for job in jobs}
+
+
+def _build_key(config: BuildConfig, registry: Registry, sel: Selection, shard_keys: dict[str, list[str]],
                shares: dict[str, mixer.TaskShare], held: set[str], removed: set[str]) -> str:
     """The key of this build (output/uptodate.py): every shard's cache key plus what the manifest and
     the card record besides the data."""
-    shard_keys = [engine.cache_key(piece, sel.data[job.task.name]) for job in jobs for piece in engine.split_job(job)]
     record = {
         "config": _config_record(config, held, removed), "command": config.command, "plots": config.plots,
         "allow_empty_split": config.allow_empty_split, "overrides": registry.overrides,
@@ -206,7 +214,7 @@ def _build_key(config: BuildConfig, registry: Registry, sel: Selection, jobs: li
         "shares": {n: asdict(s) for n, s in shares.items()}, "versions": _versions(),
         "clusters": registry.clusters,
     }
-    return uptodate.build_key(shard_keys, record, registry.tasks)
+    return uptodate.build_key([k for name in sorted(shard_keys) for k in shard_keys[name]], record, registry.tasks)
 
 
 def _check_inputs(config: BuildConfig, out: Path, registry: Registry | None) -> tuple[Registry, dict[str, str]]:
@@ -414,30 +422,61 @@ def _drop_empty(jobs: list[RenderJob], stats: dict[str, RenderStats], sel: Selec
 
 
 def _decontaminate(jobs: list[RenderJob], data: dict[str, SplitData], paths: dict[str, list[Path]],
-                   stats: dict[str, RenderStats], ngram: int, log: Progress) -> dict[str, int]:
-    """Remove train rows that overlap eval from the rendered parts; returns removals per task."""
+                   stats: dict[str, RenderStats], ngram: int, log: Progress,
+                   shard_keys: dict[str, list[str]] | None = None, cache_dir: Path | None = None) -> dict[str, int]:
+    """Remove train rows that overlap eval from the rendered parts; returns removals per task.
+
+    With shard keys and a cache, each task's outcome is cached (pipeline/decontam_cache.py): a task
+    whose parts and the eval side are unchanged re-applies it, and the eval index is built only if some
+    task needs it."""
     eval_jobs = [j for j in jobs if j.role == "eval"]
     train_jobs = [j for j in jobs if j.role == "train"]
     log.stage("decontaminating", total=len(train_jobs),
               detail=f"{len(train_jobs)} train task(s) against the inputs of {len(eval_jobs)} eval task(s)"
                      + (f" and their {ngram}-grams" if ngram else ""))
-    index = decontam.EvalIndex.build(decontam.eval_inputs(p for j in eval_jobs for p in paths[j.task.name]),
-                                     _eval_texts(eval_jobs, data) if ngram else (), ngram)
+    keys = shard_keys if shard_keys and cache_dir is not None else {}
+    cache = decontam_cache.DecontamCache(cache_dir if keys else None)
+    eval_key = decontam_cache.eval_key((k for j in eval_jobs for k in keys[j.task.name]), ngram) if keys else ""
+    index = None
     removed: dict[str, int] = {}
     for job in train_jobs:
         log.stage_advance(1)
-        if not index.empty:
+        task_key = decontam_cache.task_key(eval_key, keys[job.task.name]) if keys else ""
+        outcome = cache.task(task_key) if keys else None
+        result = decontam_cache.apply_cached(paths[job.task.name], outcome) if outcome is not None else None
+        if result is None:
+            index = index if index is not None else _eval_index(eval_jobs, data, paths, ngram, cache, eval_key)
+            if index.empty:
+                continue
+            kept, gone, outcome = decontam_cache.filter_task(paths[job.task.name], index)
+            if keys:
+                cache.store_task(task_key, outcome)
+            result = (kept, gone)
+        kept, gone = result
+        if gone:
             st = stats[job.task.name]
-            results = [decontam.filter_part(p, index) for p in paths[job.task.name]]
-            gone = sum((r[1] for r in results), Counter())
-            if gone:
-                removed[job.task.name] = sum(gone.values())
-                st.rows = sum(r[0] for r in results)
-                for (template_id, template_type), n in gone.items():
-                    st.per_template[template_id] -= n
-                    st.per_type[template_type] -= n
-                log(f"decontaminated {job.task.name}: removed {removed[job.task.name]} train rows that overlap eval")
+            removed[job.task.name] = sum(gone.values())
+            st.rows = kept
+            for (template_id, template_type), n in gone.items():
+                st.per_template[template_id] -= n
+                st.per_type[template_type] -= n
+            log(f"decontaminated {job.task.name}: removed {removed[job.task.name]} train rows that overlap eval")
     return removed
+
+
+def _eval_index(eval_jobs: list[RenderJob], data: dict[str, SplitData], paths: dict[str, list[Path]], ngram: int,
+                cache: "decontam_cache.DecontamCache", eval_key: str) -> decontam.EvalIndex:
+    """What train rows are checked against; the normalised eval inputs come from the cache when there."""
+    texts = _eval_texts(eval_jobs, data) if ngram else ()
+    inputs = cache.index_inputs(eval_key) if eval_key else None
+    if inputs is not None:
+        index = decontam.EvalIndex.build((), texts, ngram)
+        index.inputs = inputs
+        return index
+    index = decontam.EvalIndex.build(decontam.eval_inputs(p for j in eval_jobs for p in paths[j.task.name]), texts, ngram)
+    if eval_key:
+        cache.store_index_inputs(eval_key, index.inputs)
+    return index
 
 
 def _config_record(config: BuildConfig, held: set[str], removed: set[str]) -> dict:
@@ -512,6 +551,8 @@ def _task_entry(job: RenderJob, split: SplitData, stats: RenderStats, share: mix
         "rows_per_template": {str(k): v for k, v in sorted(stats.per_template.items())},
         "rows_per_type": dict(sorted(stats.per_type.items())),
     }
+    if split.read:  # only part of the source split is read (source.max_rows): the rule, for a reader to repeat
+        entry["read"] = split.read
     if task.provider == "promptsource":
         entry["template_info"] = {str(t.id): t.info for t in task.templates if hasattr(t, "info")}
     if share is not None:

@@ -59,3 +59,31 @@ def test_without_the_cache_every_build_renders(toy_catalog, tmp_path):
     toy_build(_registry(toy_catalog), out, use_cache=False)
     again = toy_build(_registry(toy_catalog), out, use_cache=False)
     assert again.shards > 0 and "build_key" not in again.manifest
+
+
+def _contaminating(toy_catalog: Path) -> None:
+    """sent_a's template 1 renders exactly nli_a's eval inputs for some rows: decontamination removes them."""
+    data = toy_catalog / "data" / "sent_a_train.jsonl"
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    for i in range(0, 40, 2):
+        rows[i]["text"] = f"nli_a eval sentence number {i % 30}"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_decontamination_from_the_cache_gives_the_same_bytes(toy_catalog, tmp_path):
+    _contaminating(toy_catalog)
+    cold = toy_build(_registry(toy_catalog), tmp_path / "cold", use_cache=False)
+    assert cold.manifest["decontaminated"]["total"] > 0
+    cache = tmp_path / "cache"
+    first = toy_build(_registry(toy_catalog), tmp_path / "a", cache_dir=cache)
+    assert list((cache / "decontam").rglob("*.json"))  # per-task outcomes were stored
+    template = toy_catalog / "templates" / "para_a.yaml"  # another task changes: sent_a's outcome is re-applied
+    template.write_text(template.read_text().replace("Label this:", "Label this, please:"))
+    second = toy_build(_registry(toy_catalog), tmp_path / "b", cache_dir=cache)
+    unedited = toy_build(_registry(toy_catalog), tmp_path / "c", use_cache=False)
+    for built in (first,):
+        assert built.manifest["fingerprint"] == cold.manifest["fingerprint"]
+        assert built.manifest["decontaminated"] == cold.manifest["decontaminated"]
+    assert second.manifest["fingerprint"] == unedited.manifest["fingerprint"]
+    assert second.manifest["decontaminated"] == unedited.manifest["decontaminated"]
+    assert second.manifest["tasks"] == unedited.manifest["tasks"]
