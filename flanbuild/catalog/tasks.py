@@ -30,7 +30,7 @@ _CARD_KEYS = {
     "name", "cluster", "subcluster", "description", "homepage", "license", "source", "features",
     "fields", "filter", "type", "options", "answer", "metric", "examples", "duplicates", "nulls", "override",
 }
-_SOURCE_KEYS = {"hub", "config", "splits", "files", "revision", "manual", "mirror_id"}
+_SOURCE_KEYS = {"hub", "config", "splits", "files", "revision", "manual", "mirror_id", "max_rows"}
 _CARVE_KEYS = {"from", "last"}
 # A source split name, optionally with a slice in TFDS/FLAN notation: "train", "train[-1000:]" (the last
 # 1000 rows), "train[:-1000]" (all but the last 1000 rows).
@@ -68,6 +68,8 @@ class Source:
     mirror_id: str | None = None  # where a local mirror keeps this source when not under hub id/config:
     #                               "<old hub id>" or "<old hub id>/<config>"
     tables: dict[str, Any] = field(default_factory=dict)  # role -> in-memory pyarrow Table (Python API, NIv2)
+    max_rows: int | None = None  # read only the first N rows of each source split, in file order (huge sources:
+    #                              streamed from the Hub instead of downloaded whole); a carve is cut from them
 
     def split_name(self, role: str) -> str:
         """The source split behind a role, with its slice if carved (used in example ids and mixture.json)."""
@@ -172,6 +174,10 @@ def _parse_source(obj: Any, path: Path, doc: LineDict, catalog_dir: Path) -> Sou
         if not isinstance(mapping, dict) or set(mapping) - set(SPLIT_ROLES):
             raise FlanbuildError(f"source.{name} maps the roles train/eval to a name or path", where=loc)
     splits = _resolve_splits(splits, loc)
+    max_rows = obj.get("max_rows")
+    if max_rows is not None and (not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 1):
+        raise FlanbuildError("source.max_rows must be a whole number of rows >= 1 (the first N rows of each split "
+                             "are read, in file order)", where=loc)
     mirror_id = obj.get("mirror_id")
     if mirror_id is not None and (not isinstance(mirror_id, str) or not 2 <= len(mirror_id.strip("/").split("/")) <= 3):
         raise FlanbuildError("source.mirror_id must be '<hub id>' or '<hub id>/<config>'", where=loc)
@@ -187,6 +193,7 @@ def _parse_source(obj: Any, path: Path, doc: LineDict, catalog_dir: Path) -> Sou
     return Source(
         hub=obj.get("hub"), config=str(config), splits={k: str(v) for k, v in splits.items()},
         files=files, revision=obj.get("revision"), manual=obj.get("manual"), mirror_id=mirror_id,
+        max_rows=max_rows,
     )
 
 

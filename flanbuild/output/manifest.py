@@ -43,6 +43,7 @@ class TaskRecord(TypedDict):
     submixture: str  # flan2021 | t0 | niv2 | cot | ...
     provider: str  # catalog | niv2 | promptsource
     source: str  # where the rows came from, e.g. mirror:nyu-mll/glue/rte/train
+    read: NotRequired[str]  # when only part of the source split is read (source.max_rows): which rows, e.g. "first 30000 rows of train in file order (source.max_rows: 30000); streamed from the Hub, nothing after them downloaded"
     metric: str  # the card's metric: accuracy, exact_match, rouge, bleu, f1, ...
     templates: int
     inverted_templates: list[int]  # template ids that turn the task around (never scored as the task)

@@ -44,6 +44,7 @@ class SplitData:
     table: pa.Table | None = None  # small in-memory data (local JSONL/CSV, NIv2, the Python API)
     start: int = 0  # a row window over the data (a carve such as train[-1000:]); rows are numbered from start
     stop: int | None = None
+    read: str = ""  # how much of the source split is read, when not all of it (source.max_rows), for mixture.json
 
     @property
     def num_rows(self) -> int:
@@ -51,11 +52,13 @@ class SplitData:
         return max(0, min(total, self.stop if self.stop is not None else total) - self.start)
 
     def window(self, start: int, stop: int | None) -> "SplitData":
-        """The same data restricted to rows [start, stop) (negative = from the end), as a new SplitData."""
-        total = self._raw_num_rows()
-        lo = max(0, start + total if start < 0 else start)
+        """The same data restricted to rows [start, stop) of the current window (negative = from its end), as a
+        new SplitData."""
+        total = self.num_rows
+        lo = max(0, start + total if start < 0 else min(start, total))
         hi = total if stop is None else max(lo, stop + total if stop < 0 else min(stop, total))
-        return SplitData(self.origin, self.features, self.parquet_files, self.arrow_files, self.table, lo, hi)
+        return SplitData(self.origin, self.features, self.parquet_files, self.arrow_files, self.table,
+                         self.start + lo, self.start + hi, self.read)
 
     def _raw_num_rows(self) -> int:
         if self.table is not None:
@@ -205,6 +208,8 @@ def load_split(task: Task, role: str, data_dirs: list[Path], allow_hub: bool = T
         raise DataNotFound(f"the card maps no source split to '{role}'{note}")
     split, last, head = parse_slice(src.splits[role])
     data = _load_whole_split(task, role, split, data_dirs, allow_hub)
+    if src.max_rows is not None:  # the first N rows in file order, wherever they came from (streamed from the Hub)
+        data = first_rows(data, src.max_rows, split)
     if last is not None:  # a carve: the last N rows (FLAN's train[-N:])
         return data.window(last, None)
     if head is not None:  # what a carve leaves: all but the last N rows
@@ -238,6 +243,40 @@ def _load_whole_split(task: Task, role: str, split: str, data_dirs: list[Path], 
         return _parquet_split(paths, f"{sample.ORIGIN_PREFIX}{hub_id}/{config}/{split}")
 
 
+def first_rows(data: SplitData, n: int, split: str) -> SplitData:
+    """The first ``n`` rows of a whole split (``source.max_rows``), with the rule recorded in ``read``."""
+    streamed = "; streamed from the Hub, nothing after them downloaded" if data.read == STREAMED else ""
+    limited = data.window(0, n)
+    if limited.num_rows < n:  # the split is shorter: all of it is read, still in file order
+        limited.read = f"all {limited.num_rows} rows of {split} (fewer than source.max_rows: {n}){streamed}"
+    else:
+        limited.read = f"first {n} rows of {split} in file order (source.max_rows: {n}){streamed}"
+    return limited
+
+
+STREAMED = "streamed"
+
+
+def _stream_head(src, split: str) -> SplitData:
+    """The first ``src.max_rows`` rows of a Hub split, streamed: only the files (or row groups) that hold them are
+    read, never the whole dataset. Rows keep their file order, so the same card reads the same rows each time."""
+    import itertools
+
+    import datasets
+
+    ds = datasets.load_dataset(src.hub, None if src.config == "default" else src.config, split=split,
+                               revision=src.revision, streaming=True)
+    rows = list(itertools.islice(iter(ds), src.max_rows))
+    hf_features = getattr(ds, "features", None)
+    if hf_features is not None:
+        table = pa.Table.from_pylist(rows, schema=hf_features.arrow_schema)
+        features = schema.from_hf(hf_features.to_dict())
+    else:
+        table = pa.Table.from_pylist(rows)
+        features = schema.from_arrow(table.schema)
+    return SplitData(f"hub:{src.hub}/{src.config}/{split}", features, table=table, read=STREAMED)
+
+
 def _load_from_hub(task: Task, split: str, data_dirs: list[Path]) -> SplitData:
     src = task.source
     mirrors = ", ".join(str(d) for d in data_dirs) or "none given"
@@ -252,6 +291,8 @@ def _load_from_hub(task: Task, split: str, data_dirs: list[Path]) -> SplitData:
         import datasets
 
         with offline.hub_offline(hub_offline):
+            if src.max_rows is not None and not hub_offline:  # a huge source: only its first rows, streamed
+                return _stream_head(src, split)
             ds = datasets.load_dataset(src.hub, None if src.config == "default" else src.config,
                                        split=split, revision=src.revision)
     except Exception as e:  # noqa: BLE001 - the datasets library raises many types; all mean "not here"
