@@ -553,8 +553,6 @@ def _task_entry(job: RenderJob, split: SplitData, stats: RenderStats, share: mix
     }
     if split.read:  # only part of the source split is read (source.max_rows): the rule, for a reader to repeat
         entry["read"] = split.read
-    if split.read:  # only part of the source split is read (source.max_rows): the rule, for a reader to repeat
-        entry["read"] = split.read
     if task.provider == "promptsource":
         entry["template_info"] = {str(t.id): t.info for t in task.templates if hasattr(t, "info")}
     if share is not None:

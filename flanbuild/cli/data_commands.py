@@ -13,6 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from flanbuild.cli import argtypes
 from flanbuild.cli.argtypes import csv as _csv, int_at_least, weight as _weight
 from flanbuild.errors import FlanbuildError
 
@@ -143,6 +144,9 @@ def cmd_build(args) -> int:
 
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
+    if args.train_size is not None and args.max_epochs == 0:
+        raise FlanbuildError("--max-epochs 0 (no limit) with --train-size could repeat a small task without bound; "
+                             "give a finite --max-epochs > 0")
     recipe = load_recipe(args.mixture)
     if args.tokenizer:
         recipe = replace(recipe, prompt=replace(recipe.prompt, tokenizer=args.tokenizer))
@@ -176,10 +180,6 @@ def cmd_build(args) -> int:
     return 0
 
 
-def cmd_verify(args) -> int:
-    from flanbuild.output.manifest import verify
-
-    problems = verify(Path(args.out))
 def cmd_sources(args) -> int:
     """Where each task's data would come from; with --check, the Hub compared with the cards."""
     from flanbuild.sources import inspect, loader
@@ -199,6 +199,10 @@ def cmd_sources(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from flanbuild.output.manifest import verify
+
+    problems = verify(Path(args.out))
     for p in problems:
         print(f"{args.out}: {p}")
     print(f"verify: {len(problems)} problem(s)" if problems else f"verify: {args.out} matches its mixture.json",
@@ -216,8 +220,8 @@ def add_parsers(sub, common, data) -> None:
 
     p = sub.add_parser("render", parents=[common, data], help="preview a task's templates on real rows")
     p.add_argument("task")
-    p.add_argument("-n", type=int, default=1, help="number of rows (default 1)")
-    p.add_argument("--template", type=int, help="only this template id (default: all, side by side)")
+    p.add_argument("-n", type=argtypes.positive_count, default=1, help="number of rows (default 1)")
+    p.add_argument("--template", type=argtypes.template_id, help="only this template id (default: all, side by side)")
     p.add_argument("--split", choices=["train", "eval"], default="train")
     p.add_argument("--no-options", action="store_true", help="render without the options block")
     p.set_defaults(func=cmd_render)
@@ -232,13 +236,13 @@ def add_parsers(sub, common, data) -> None:
                    help="mixture recipe: a shipped name (flan2021, flan2022) or a YAML file (default flan2021)")
     p.add_argument("--heldout", action="append", metavar="CLUSTER",
                    help="held-out cluster (repeatable; default: the recipe's, nli)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=argtypes.seed, default=0)
     p.add_argument("--strict", action="store_true", help="missing data for a task is an error, not a skip")
     p.add_argument("--allow-empty-split", action="store_true",
                    help="write the mixture even if its eval (or train) split is empty; the card leaves that split out")
     p.add_argument("--tasks", type=_csv, default=(), help="build only these tasks (comma-separated)")
     p.add_argument("--clusters", type=_csv, default=(), help="build only tasks of these clusters (comma-separated)")
-    p.add_argument("--workers", type=_nonneg_int, default=0, help="render processes (default 0 = the idle cores, one per 100k rows); "
+    p.add_argument("--workers", type=argtypes.workers, default=0, help="render processes (default 0 = the idle cores, one per 100k rows); "
                                                                    "the output is the same for any number")
     p.add_argument("--engine", choices=["local", "dask"], default="local",
                    help="local processes, or a Dask distributed cluster (pip install 'flanbuild[dask]')")
@@ -248,32 +252,32 @@ def add_parsers(sub, common, data) -> None:
     p.add_argument("--format", choices=["flan", "chat", "prompt-completion", "alpaca"], default="flan",
                    help="also export the mixture for a trainer into OUT/exports/FORMAT (see flanbuild export)")
     p.add_argument("--jsonl", action="store_true", help="with --format: write JSONL instead of Parquet")
-    p.add_argument("--task-cap", type=_nonneg_int, help="max examples per task, for every submixture (0 = none; "
+    p.add_argument("--task-cap", type=argtypes.count, help="max examples per task, for every submixture (0 = none; "
                                                         "default: the recipe's, 30000 in flan2021)")
-    p.add_argument("--rate-cap", type=_nonneg_int, help="mixing-rate cap, for every submixture (0 = none; "
+    p.add_argument("--rate-cap", type=argtypes.count, help="mixing-rate cap, for every submixture (0 = none; "
                                                         "default: the recipe's, 3000 in flan2021)")
-    p.add_argument("--temperature", type=float, default=1.0, help="mixing temperature (default 1)")
-    p.add_argument("--task-weight", type=_weight, action="append", default=[], metavar="TASK=W")
-    p.add_argument("--cluster-weight", type=_weight, action="append", default=[], metavar="CLUSTER=W")
-    p.add_argument("--train-size", type=int, help="rows in train (default: sum of the capped rates)")
-    p.add_argument("--max-epochs", type=float, default=10.0,
+    p.add_argument("--temperature", type=argtypes.temperature, default=1.0, help="mixing temperature (default 1)")
+    p.add_argument("--task-weight", type=argtypes.bounded_weight, action="append", default=[], metavar="TASK=W")
+    p.add_argument("--cluster-weight", type=argtypes.bounded_weight, action="append", default=[], metavar="CLUSTER=W")
+    p.add_argument("--train-size", type=argtypes.positive_count, help="rows in train (default: sum of the capped rates)")
+    p.add_argument("--max-epochs", type=argtypes.max_epochs, default=10.0,
                    help="a task repeats its rows at most this often (0 = no limit; default 10)")
-    p.add_argument("--eval-cap", type=_nonneg_int, default=0, help="max examples per held-out task (0 = all)")
+    p.add_argument("--eval-cap", type=argtypes.count, default=0, help="max examples per held-out task (0 = all)")
     p.add_argument("--no-extra-removals", action="store_true", help="do not apply FLAN's also-removed clusters")
-    p.add_argument("--shard-rows", type=int, default=250_000, help="rows per Parquet shard")
+    p.add_argument("--shard-rows", type=argtypes.positive_count, default=250_000, help="rows per Parquet shard")
     p.add_argument("--niv2-dir", metavar="DIR", help="Super-NaturalInstructions root (tasks/*.json, splits/default/)")
     p.add_argument("--promptsource-dir", metavar="DIR", help="promptsource templates (<dataset>/<subset>/templates.yaml)")
     p.add_argument("--tokenizer", metavar="NAME_OR_PATH", help="count few-shot length budgets in this tokenizer's tokens")
-    p.add_argument("--decontaminate-ngram", type=_nonneg_int, metavar="N",
+    p.add_argument("--decontaminate-ngram", type=argtypes.ngram, metavar="N",
                    help="also drop train rows sharing an N-word n-gram with eval source text (0 = off; "
                         "default: the recipe's, 13 in flan2022)")
     p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("verify", parents=[common], help="recompute the data files' hashes against mixture.json")
-    p.add_argument("out")
-    p.set_defaults(func=cmd_verify)
     p = sub.add_parser("sources", parents=[common, data], help="where each task's data comes from; --check asks the Hub")
     p.add_argument("--tasks", type=_csv, default=(), help="comma-separated task names (default: all)")
     p.add_argument("--check", action="store_true", help="compare configs, splits and features with the Hub")
     p.set_defaults(func=cmd_sources)
 
+    p = sub.add_parser("verify", parents=[common], help="recompute the data files' hashes against mixture.json")
+    p.add_argument("out")
+    p.set_defaults(func=cmd_verify)

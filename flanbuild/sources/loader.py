@@ -133,10 +133,19 @@ class SplitData:
             lo, hi = np.searchsorted(indices, [offset, offset + batch.num_rows])
             if hi > lo:
                 chunk = indices[lo:hi]
-                yield chunk, batch.take(pa.array(chunk - offset)).to_pylist()
+                yield chunk, to_rows(batch.take(pa.array(chunk - offset)), self.origin, offset)
             if hi >= len(indices):
                 return
 
+
+
+def to_rows(batch: pa.RecordBatch, origin: str, offset: int = 0) -> list[dict]:
+    """A batch as row dicts; invalid UTF-8 in a string column is a one-line error, not a traceback."""
+    try:
+        return batch.to_pylist()
+    except UnicodeDecodeError as e:
+        raise FlanbuildError(f"invalid UTF-8 in a text column ({e.reason} at byte {e.start}) in the batch of rows "
+                             f"from {offset} on", where=origin) from None
 
 
 def _open_arrow(path: Path) -> pa.Table:
@@ -149,9 +158,17 @@ def features_of(arrow_schema: pa.Schema) -> schema.Features:
     meta = arrow_schema.metadata or {}
     if b"huggingface" in meta:
         try:
-            return schema.from_hf(json.loads(meta[b"huggingface"])["info"]["features"])
+            features = json.loads(meta[b"huggingface"])["info"]["features"]
         except (KeyError, ValueError, TypeError):
-            pass
+            return schema.from_arrow(arrow_schema)
+        if not isinstance(features, dict):
+            raise FlanbuildError(f"malformed Hugging Face metadata: 'features' is a {type(features).__name__}, "
+                                 f"not a mapping of column -> feature")
+        try:
+            return schema.from_hf(features)
+        except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+            raise FlanbuildError(f"malformed Hugging Face feature metadata: {type(e).__name__}: "
+                                 f"{' '.join(str(e).split())[:120]}") from None
     return schema.from_arrow(arrow_schema)
 
 
@@ -159,7 +176,9 @@ def _parquet_split(paths: list[Path], origin: str) -> SplitData:
     try:
         return SplitData(origin, features_of(pq.read_schema(paths[0])), parquet_files=paths)
     except (OSError, pa.ArrowInvalid) as e:
-        raise FlanbuildError(f"cannot read Parquet file: {e}", where=str(paths[0])) from None
+        raise FlanbuildError(f"cannot read Parquet file: {' '.join(str(e).split())}", where=str(paths[0])) from None
+    except FlanbuildError as e:
+        raise FlanbuildError(str(e), where=str(paths[0])) from None
 
 
 def read_local_file(path: Path) -> SplitData:
@@ -183,16 +202,31 @@ def read_local_file(path: Path) -> SplitData:
             raise FlanbuildError("unsupported file type (use .parquet, .jsonl, .csv or .tsv)", where=str(path))
     except (pa.ArrowInvalid, OSError) as e:
         raise FlanbuildError(f"cannot read data file: {' '.join(str(e).split())}", where=str(path)) from None
+    duplicated = sorted({n for n in table.column_names if table.column_names.count(n) > 1})
+    if duplicated:
+        raise FlanbuildError(f"duplicate column name(s) {', '.join(map(repr, duplicated))}", where=str(path))
     return SplitData(f"file:{path}", schema.from_arrow(table.schema), table=table)
 
 
 def find_in_mirror(data_dir: Path, hub_id: str, config: str, split: str) -> list[Path]:
-    """Parquet files of one split in a mirror laid out as ``<hub id>/<config>/<split>.parquet``."""
-    folder = data_dir / hub_id / config
+    """Parquet files of one split in a mirror laid out as ``<hub id>/<config>/<split>.parquet``.
+
+    Everything is confined to ``data_dir``: a hub id, config or split that would lead outside it (``..``,
+    an absolute path, a symlink) is an error, and files that resolve outside it are not read.
+    """
+    from flanbuild.catalog.untrusted import confined, escape
+
+    folder = confined(data_dir, hub_id, config)
+    if folder is None or confined(folder, split) is None:
+        raise FlanbuildError(f"{escape(hub_id)}/{escape(config)}/{escape(split)} would read outside the data "
+                             f"directory {data_dir}")
+    folder = Path(data_dir) / hub_id / config
     single = folder / f"{split}.parquet"
     if single.is_file():
-        return [single]
-    return sorted(folder.glob(f"{split}-*.parquet")) or sorted((folder / split).glob("*.parquet"))
+        found = [single]
+    else:
+        found = sorted(folder.glob(f"{split}-*.parquet")) or sorted((folder / split).glob("*.parquet"))
+    return [p for p in found if confined(data_dir, str(p.relative_to(data_dir))) is not None and p.is_file()]
 
 
 def load_split(task: Task, role: str, data_dirs: list[Path], allow_hub: bool = True) -> SplitData:
@@ -281,6 +315,11 @@ def _load_from_hub(task: Task, split: str, data_dirs: list[Path]) -> SplitData:
     src = task.source
     mirrors = ", ".join(str(d) for d in data_dirs) or "none given"
     manual = f"; {src.manual}" if src.manual else ""
+    from flanbuild.catalog.untrusted import escape, is_hub_id
+
+    if not is_hub_id(src.hub) or Path(src.hub).exists():  # datasets would read a local directory
+        raise FlanbuildError(f"task {task.name}: source.hub {escape(src.hub)!r} is not a Hub dataset id (it is a local "
+                             f"path here); refusing to load it", where=task.origin or None)
     hub_offline = offline.is_offline()
     if hub_offline:  # the datasets cache may still hold it; loaded in offline mode, a miss fails at once
         if not _in_hf_cache(src.hub):
