@@ -511,17 +511,27 @@ def _sample_sources(entries) -> list[str]:
 
 
 def _skipped(manifest, tasks) -> list[str]:
-    rows = []
+    """Skipped tasks grouped by reason (the reason without the task's own hub id/config/split), largest first."""
+    groups: dict[str, list[str]] = {}
     for n, reason in sorted(manifest["skipped"].items()):
         task = tasks.get(n)
         manual = task is not None and bool(task.source.manual)
-        rows.append([code(n), md(_short_reason(reason)), "manual download (see its task card)" if manual else ""])
+        groups.setdefault(_reason_kind(reason), []).append(code(n) + (" (manual download)" if manual else ""))
+    rows = [[md(kind), str(len(names)), ", ".join(names)]
+            for kind, names in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
     return [
         "## Skipped tasks", "",
-        "Tasks of the catalog that are not in this mixture because their data was not available where the build "
-        "looked (a local mirror, the Hugging Face cache or the Hub). The full reasons, with instructions for the "
-        "datasets that need a manual download, are in `mixture.json` (`skipped`).", "",
-        _table(["task", "reason", "note"], rows), ""]
+        f"{len(manifest['skipped'])} task(s) of the catalog are not in this mixture because their data was not "
+        "available where the build looked (a local mirror, the Hugging Face cache, the Hub or the embedded "
+        "sample), grouped by reason. The full reason of each, with instructions for the datasets that need a "
+        "manual download (see their task cards), is in `mixture.json` (`skipped`).", "",
+        _table(["reason", "tasks", "which"], rows), ""]
+
+
+def _reason_kind(reason: str) -> str:
+    """A skip reason without what differs per task: a leading ``<hub id>/<config>/<split>`` is left out."""
+    text = _short_reason(reason)
+    return re.sub(r"^\S+/\S+ (?=not |is not )", "", text)
 
 
 def _short_reason(reason: str, limit: int = 220) -> str:
