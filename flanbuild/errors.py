@@ -9,6 +9,9 @@ keeps its traceback.
 
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
 
 class FlanbuildError(Exception):
     """A user-facing error: one line, what and where."""
@@ -31,3 +34,17 @@ class DataNotFound(FlanbuildError):
 def one_line(text: str) -> str:
     """``text`` on one line: newlines and other control characters (e.g. in a file name) escaped."""
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest known name, or ``""`` when nothing is close."""
+    match = difflib.get_close_matches(name, sorted(set(known)), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def unknown(kind: str, name: str, known: Iterable[str], where: str = "") -> FlanbuildError:
+    """The one-line error for a name that is not in the catalog."""
+    known = list(known)
+    hint = did_you_mean(name, known) or (" (see 'flanbuild tasks')" if "task" in kind else
+                                         f" (known: {', '.join(sorted(known))})")
+    return FlanbuildError(f"unknown {kind} {name!r}{where}{hint}")

@@ -139,7 +139,9 @@ def test_length_budget_with_a_real_tokenizer(tmp_path):
 
 def test_inverted_weight(tmp_path, toy_registry):
     r = Recipe("t", submixtures=(Submixture("m", task_cap=0),), prompt=PromptStyle(inverted_weight=1.0))
-    out = build(BuildConfig(out=tmp_path / "o", recipe=r, mix=MixConfig(heldout=("toy_nli",), train_size=4000)),
+    # every training row once (no upsampling): repeats take unused (template, layout) combinations first,
+    # which would pull the inverted template's share towards 1 in 4 whatever its weight
+    out = build(BuildConfig(out=tmp_path / "o", recipe=r, mix=MixConfig(heldout=("toy_nli",), train_size=440)),
                 registry=toy_registry).out
     rows = [x for x in train_rows(out) if x["task_name"].startswith("sent")]
     share = sum(x["template_id"] == 4 for x in rows) / len(rows)
@@ -149,9 +151,13 @@ def test_inverted_weight(tmp_path, toy_registry):
 def test_shipped_recipes_and_errors(tmp_path):
     flan2021, flan2022 = load_recipe("flan2021"), load_recipe("flan2022")
     assert flan2021.prompt.few_shot == 0 and not flan2021.prompt.option_layouts
-    assert [s.name for s in flan2022.submixtures] == ["flan2021", "t0", "niv2", "cot"]
-    assert [s.weight for s in flan2022.submixtures] == [0.40, 0.32, 0.20, 0.05]
-    assert [s.task_cap for s in flan2022.submixtures] == [30000, 20000, 5000, 100000]
+    # the Flan Collection's five submixtures, weights and caps (Longpre et al., 2023; google-research/FLAN
+    # flan/v2/mixtures.py DEFAULT_MIXTURE_MAX_EXAMPLES)
+    assert [s.name for s in flan2022.submixtures] == ["flan2021", "t0", "niv2", "cot", "dialog"]
+    assert [s.weight for s in flan2022.submixtures] == [0.40, 0.32, 0.20, 0.05, 0.03]
+    assert [s.task_cap for s in flan2022.submixtures] == [30000, 20000, 5000, 100000, 200000]
+    assert flan2022.submixtures[-1].clusters == ("dialog",)
+    assert all("dialog" in s.exclude_clusters for s in (flan2021.submixtures[0], flan2022.submixtures[0]))
     assert flan2022.prompt.inverted_weight == 0.3 and flan2022.decontaminate_ngram == 13
     with pytest.raises(FlanbuildError, match="unknown mixture 'flan2099'"):
         load_recipe("flan2099")

@@ -191,45 +191,50 @@ def parse_recipe(doc: Any, path: Path) -> Recipe:
     doc = _check_keys(doc, _RECIPE_KEYS, "mixture", str(path))
     check_recipe_types(doc, path)
     name = doc.get("name") or path.stem
-    subs = []
-    for entry in doc.get("submixtures") or []:
-        loc = where(path, entry)
-        entry = _check_keys(entry, _SUB_KEYS, "submixture", loc)
-        if not entry.get("name"):
-            raise FlanbuildError("each submixture needs a 'name'", where=loc)
-        try:
-            sub = Submixture(
-                name=str(entry["name"]), weight=float(entry.get("weight", 1.0)),
-                task_cap=int(entry.get("task_cap", 30_000)), rate_cap=int(entry.get("rate_cap", 0)),
-                clusters=tuple(entry.get("clusters") or ()), exclude_clusters=tuple(entry.get("exclude_clusters") or ()),
-                tasks=tuple(entry.get("tasks") or ()), exclude_tasks=tuple(entry.get("exclude_tasks") or ()),
-                source=str(entry.get("source", "catalog")),
-            )
-        except (TypeError, ValueError) as e:
-            raise FlanbuildError(f"submixture {entry['name']}: {e}", where=loc) from None
-        if not sub.weight > 0:
-            raise FlanbuildError(f"submixture {sub.name}: weight must be > 0, got {sub.weight}", where=loc)
-        if sub.task_cap < 0 or sub.rate_cap < 0:
-            raise FlanbuildError(f"submixture {sub.name}: caps must be >= 0 (0 = no cap)", where=loc)
-        if sub.source not in ("catalog", "niv2", "promptsource"):
-            raise FlanbuildError(f"submixture {sub.name}: source must be catalog, niv2 or promptsource", where=loc)
-        subs.append(sub)
+    subs = [_parse_submixture(entry, path) for entry in doc.get("submixtures") or []]
     if not subs:
         raise FlanbuildError("a mixture needs at least one submixture", where=str(path))
     if len({s.name for s in subs}) != len(subs):
         raise FlanbuildError("submixture names must be unique", where=str(path))
-    prompt = doc.get("prompt") or {}
-    prompt = _check_keys(prompt, set(PromptStyle.__dataclass_fields__), "prompt", where(path, doc, "prompt"))
-    if "k" in prompt and not isinstance(prompt["k"], list):
-        prompt = {**prompt, "k": [prompt["k"]]}
-    try:
-        style = PromptStyle(**{k: tuple(v) if k == "k" else v for k, v in prompt.items()})
-    except TypeError as e:
-        raise FlanbuildError(f"prompt: {e}", where=where(path, doc, "prompt")) from None
-    except FlanbuildError as e:
-        raise FlanbuildError(str(e), where=where(path, doc, "prompt")) from None
     decon = _check_keys(doc.get("decontaminate") or {}, {"ngram"}, "decontaminate", where(path, doc, "decontaminate"))
     heldout = doc.get("heldout") or ["nli"]
     return Recipe(name=str(name), description=str(doc.get("description") or "").strip(), submixtures=tuple(subs),
-                  prompt=style, heldout=tuple(heldout), decontaminate_ngram=int(decon.get("ngram", 0)),
-                  origin=str(path))
+                  prompt=_parse_prompt(doc, path), heldout=tuple(heldout),
+                  decontaminate_ngram=int(decon.get("ngram", 0)), origin=str(path))
+
+
+def _parse_submixture(entry: Any, path: Path) -> Submixture:
+    loc = where(path, entry)
+    entry = _check_keys(entry, _SUB_KEYS, "submixture", loc)
+    if not entry.get("name"):
+        raise FlanbuildError("each submixture needs a 'name'", where=loc)
+    try:
+        sub = Submixture(
+            name=str(entry["name"]), weight=float(entry.get("weight", 1.0)),
+            task_cap=int(entry.get("task_cap", 30_000)), rate_cap=int(entry.get("rate_cap", 0)),
+            clusters=tuple(entry.get("clusters") or ()), exclude_clusters=tuple(entry.get("exclude_clusters") or ()),
+            tasks=tuple(entry.get("tasks") or ()), exclude_tasks=tuple(entry.get("exclude_tasks") or ()),
+            source=str(entry.get("source", "catalog")),
+        )
+    except (TypeError, ValueError) as e:
+        raise FlanbuildError(f"submixture {entry['name']}: {e}", where=loc) from None
+    if not sub.weight > 0:
+        raise FlanbuildError(f"submixture {sub.name}: weight must be > 0, got {sub.weight}", where=loc)
+    if sub.task_cap < 0 or sub.rate_cap < 0:
+        raise FlanbuildError(f"submixture {sub.name}: caps must be >= 0 (0 = no cap)", where=loc)
+    if sub.source not in ("catalog", "niv2", "promptsource"):
+        raise FlanbuildError(f"submixture {sub.name}: source must be catalog, niv2 or promptsource", where=loc)
+    return sub
+
+
+def _parse_prompt(doc: dict, path: Path) -> PromptStyle:
+    loc = where(path, doc, "prompt")
+    prompt = _check_keys(doc.get("prompt") or {}, set(PromptStyle.__dataclass_fields__), "prompt", loc)
+    if "k" in prompt and not isinstance(prompt["k"], list):
+        prompt = {**prompt, "k": [prompt["k"]]}
+    try:
+        return PromptStyle(**{k: tuple(v) if k == "k" else v for k, v in prompt.items()})
+    except TypeError as e:
+        raise FlanbuildError(f"prompt: {e}", where=loc) from None
+    except FlanbuildError as e:
+        raise FlanbuildError(str(e), where=loc) from None

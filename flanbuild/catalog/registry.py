@@ -123,7 +123,7 @@ class Registry:
     # -- queries --------------------------------------------------------------------------------
     def task(self, name: str) -> Task:
         if name not in self.tasks:
-            from flanbuild.pipeline.checks import unknown
+            from flanbuild.errors import unknown
 
             raise unknown("task", name, self.tasks)
         return self.tasks[name]
@@ -131,7 +131,7 @@ class Registry:
     def check_clusters(self, names: Iterable[str], what: str = "cluster") -> None:
         for name in names:
             if name not in self.clusters:
-                from flanbuild.pipeline.checks import unknown
+                from flanbuild.errors import unknown
 
                 raise unknown(what, name, self.clusters)
 

@@ -9,26 +9,11 @@
 
 from __future__ import annotations
 
-import difflib
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
 
-from flanbuild.errors import FlanbuildError
-
-
-def did_you_mean(name: str, known: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest known name, or ``""`` when nothing is close."""
-    match = difflib.get_close_matches(name, sorted(set(known)), n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
-def unknown(kind: str, name: str, known: Iterable[str], where: str = "") -> FlanbuildError:
-    """The one-line error for a name that is not in the catalog."""
-    known = list(known)
-    hint = did_you_mean(name, known) or (f" (see 'flanbuild tasks')" if "task" in kind else
-                                         f" (known: {', '.join(sorted(known))})")
-    return FlanbuildError(f"unknown {kind} {name!r}{where}{hint}")
+from flanbuild.errors import unknown
 
 
 def check_names(registry, config) -> None:
