@@ -92,6 +92,7 @@ SIZES: dict[str, dict[str, int]] = {
     "paracrawl_enfr": {"train": 31_374_161, "eval": 31_374_161},
     "paws": {"train": 49_401, "eval": 8_000},
     "piqa": {"train": 16_113, "eval": 1_838},
+    "qrecc": {"train": 63_501, "eval": 16_451},  # apple/ml-qrecc README (question-answer pairs)
     "quac": {"train": 83_568, "eval": 7_354},
     "samsum": {"train": 14_732, "eval": 819},
     "sentiment140": {"train": 1_600_000, "eval": 498},
@@ -116,6 +117,7 @@ SIZES: dict[str, dict[str, int]] = {
     "tweet_eval_offensive": {"train": 11_916, "eval": 1_324},
     "tweet_eval_sentiment": {"train": 45_615, "eval": 2_000},
     "web_nlg": {"train": 13_211, "eval": 1_667},
+    "wiki_dialog": {"train": 11_264_129, "eval": 113_822},  # TFDS wiki_dialog/OQ
     "wiki_lingua_en": {"train": 141_457, "eval": 141_457},
     "winogrande": {"train": 40_398, "eval": 1_267},
     "wmt14_enfr": {"train": 40_836_715, "eval": 3_003},

@@ -11,6 +11,7 @@ that task.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -94,9 +95,15 @@ def _task_fingerprint(job: RenderJob) -> dict:
     }
 
 
+@functools.lru_cache(maxsize=1)
+def _versions() -> tuple:
+    """Library versions in every cache key (looked up once per process: metadata lookups cost ~ms each)."""
+    return tuple((p, metadata.version(p)) for p in ("flanbuild", "jinja2", "pyarrow", "numpy"))
+
+
 def cache_key(job: RenderJob, data: SplitData) -> str:
     """Everything that decides a shard's bytes."""
-    versions = {p: metadata.version(p) for p in ("flanbuild", "jinja2", "pyarrow", "numpy")}
+    versions = dict(_versions())
     doc = {
         "versions": versions,
         "job": _task_fingerprint(job),

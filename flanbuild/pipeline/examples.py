@@ -141,10 +141,18 @@ def valid_indices(task: Task, data, mapper: ExampleMapper | None = None, cache_d
             return hit
     from flanbuild.sources.loader import to_rows
 
+    from flanbuild.pipeline.columnar import compile_filter
+
     mapper = mapper or ExampleMapper(task, data.features)
+    columnar = compile_filter(task.filter)  # Arrow compute where it gives the row path's answer; else row by row
     keep = []
     offset = 0
     for batch in data.batches():
+        mask = columnar(batch) if columnar is not None else None
+        if mask is not None:
+            keep.extend((offset + np.flatnonzero(mask)).tolist())
+            offset += batch.num_rows
+            continue
         for i, row in enumerate(to_rows(batch, data.origin, offset)):
             if mapper.keep(row, f"row {offset + i} of {data.origin}"):
                 keep.append(offset + i)
