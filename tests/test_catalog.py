@@ -49,7 +49,7 @@ def registry():
     return load_registry()
 
 
-def test_all_62_flan_datasets_in_12_clusters_plus_cot(registry):
+def test_all_62_flan_datasets_in_12_clusters_plus_cot_and_dialog(registry):
     assert sum(len(v) for v in FLAN_2021.values()) == 62
     for cluster, datasets in FLAN_2021.items():
         for dataset, names in datasets.items():
@@ -58,7 +58,9 @@ def test_all_62_flan_datasets_in_12_clusters_plus_cot(registry):
                 assert registry.tasks[name].cluster == cluster, name
     for name in COT:
         assert registry.tasks[name].cluster == "chain_of_thought"
-    assert len({t.cluster for t in registry.tasks.values()}) == 13
+    for name in ("qrecc", "wiki_dialog"):  # Flan 2022's Dialog submixture
+        assert registry.tasks[name].cluster == "dialog"
+    assert len({t.cluster for t in registry.tasks.values()}) == 14
 
 
 def test_templates_per_task(registry):

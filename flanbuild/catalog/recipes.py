@@ -71,7 +71,7 @@ class Recipe:
     name: str = "flan2021"
     description: str = ""
     submixtures: tuple[Submixture, ...] = (
-        Submixture("flan2021", rate_cap=3_000, exclude_clusters=("chain_of_thought",)),)
+        Submixture("flan2021", rate_cap=3_000, exclude_clusters=("chain_of_thought", "dialog")),)
     prompt: PromptStyle = field(default_factory=PromptStyle)
     heldout: tuple[str, ...] = ("nli",)
     decontaminate_ngram: int = 0  # also drop train rows sharing an n-gram with eval source text (0 = off)

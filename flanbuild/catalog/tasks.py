@@ -174,10 +174,7 @@ def _parse_source(obj: Any, path: Path, doc: LineDict, catalog_dir: Path) -> Sou
         if not isinstance(mapping, dict) or set(mapping) - set(SPLIT_ROLES):
             raise FlanbuildError(f"source.{name} maps the roles train/eval to a name or path", where=loc)
     splits = _resolve_splits(splits, loc)
-    max_rows = obj.get("max_rows")
-    if max_rows is not None and (not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 1):
-        raise FlanbuildError("source.max_rows must be a whole number of rows >= 1 (the first N rows of each split "
-                             "are read, in file order)", where=loc)
+    max_rows = _check_max_rows(obj.get("max_rows"), loc)
     mirror_id = obj.get("mirror_id")
     if mirror_id is not None and (not isinstance(mirror_id, str) or not 2 <= len(mirror_id.strip("/").split("/")) <= 3):
         raise FlanbuildError("source.mirror_id must be '<hub id>' or '<hub id>/<config>'", where=loc)
@@ -195,6 +192,14 @@ def _parse_source(obj: Any, path: Path, doc: LineDict, catalog_dir: Path) -> Sou
         files=files, revision=obj.get("revision"), manual=obj.get("manual"), mirror_id=mirror_id,
         max_rows=max_rows,
     )
+
+
+def _check_max_rows(max_rows: Any, loc: str) -> int | None:
+    """``source.max_rows``: a whole number >= 1, or absent."""
+    if max_rows is not None and (not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 1):
+        raise FlanbuildError("source.max_rows must be a whole number of rows >= 1 (the first N rows of each split "
+                             "are read, in file order)", where=loc)
+    return max_rows
 
 
 def _resolve_splits(splits: dict, loc: str) -> dict[str, str]:
