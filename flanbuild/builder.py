@@ -10,7 +10,6 @@ import os
 import platform
 import shutil
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
@@ -158,6 +157,27 @@ def build(config: BuildConfig, registry: Registry | None = None, progress: Progr
         log.finish(f"{out} is up to date (build key {key[:12]}); nothing rendered or written, "
                    f"{time.perf_counter() - started:.1f}s")
         return BuildResult(out, ready, 0, 0)
+    plan = Plan(selection, jobs, shares, held, removed, shard_keys, key)
+    return _make(config, registry, out, plan, cache_dir, log, started)
+
+
+@dataclass
+class Plan:
+    """Stages 1-2's answer, everything the making of the output needs."""
+
+    selection: Selection
+    jobs: list[RenderJob]
+    shares: dict[str, mixer.TaskShare]
+    held: set[str]
+    removed: set[str]
+    shard_keys: dict[str, list[str]]  # each task's render-cache keys (empty without a cache)
+    key: str  # the build key ("" without a cache)
+
+
+def _make(config: BuildConfig, registry: Registry, out: Path, plan: Plan, cache_dir: Path | None, log: Progress,
+          started: float) -> BuildResult:
+    """Stages 3-7 in a staging directory beside OUT: render, decontaminate, write, describe, publish."""
+    selection, jobs = plan.selection, plan.jobs
     stage = writer.staging_dir(out)
     try:
         parts_dir = stage / ".parts"
@@ -165,7 +185,7 @@ def build(config: BuildConfig, registry: Registry | None = None, progress: Progr
         paths, stats, n_shards, cached = _render(jobs, selection.data, selection.roles, parts_dir, cache_dir, config, log)
         jobs = _drop_empty(jobs, stats, selection, log)
         decontaminated = _decontaminate(jobs, selection.data, paths, stats, config.recipe.decontaminate_ngram, log,
-                                        shard_keys, cache_dir)
+                                        plan.shard_keys, cache_dir)
         collector = StatsCollector(config.seed, config.recipe.prompt.tokenizer)
         log.stage("writing the splits", total=sum(s.rows for s in stats.values()))
 
@@ -174,15 +194,9 @@ def build(config: BuildConfig, registry: Registry | None = None, progress: Progr
             log.stage_advance(table.num_rows)
         files = _write_splits(stage, jobs, paths, stats, config, observe)
         shutil.rmtree(parts_dir)
-        manifest = _describe(config, selection, jobs, stats, shares, decontaminated, files, held, removed)
-        if key:
-            manifest["build_key"] = key
-        if registry.overrides:  # catalog entries that replaced earlier ones (override: true): on record
-            manifest["config"]["overrides"] = [dict(o) for o in registry.overrides]
-        empty = [split for split, rows in manifest["counts"].items() if rows == 0]
-        if empty and not config.allow_empty_split:  # e.g. decontamination removed every train row
-            raise FlanbuildError(f"the {' and '.join(empty)} split of this build would be empty "
-                                 "(--allow-empty-split writes the mixture without it)")
+        manifest = _describe(config, selection, jobs, stats, plan.shares, decontaminated, files, plan.held,
+                             plan.removed)
+        _complete(manifest, config, registry, plan.key)
         write_manifest(stage, manifest)
         log.stage("writing the dataset card", detail="plots off" if not config.plots else "")
         write_card(stage, manifest, registry.tasks, plots=config.plots, stats=collector.finish(manifest))
@@ -194,6 +208,18 @@ def build(config: BuildConfig, registry: Registry | None = None, progress: Progr
                f"{len(selection.skipped)} task(s) skipped, {manifest['decontaminated']['total']} train rows "
                f"decontaminated, {time.perf_counter() - started:.1f}s")
     return BuildResult(out, manifest, n_shards, cached)
+
+
+def _complete(manifest: Manifest, config: BuildConfig, registry: Registry, key: str) -> None:
+    """The manifest's last entries (build key, catalog overrides), and the refusal of an empty split."""
+    if key:
+        manifest["build_key"] = key
+    if registry.overrides:  # catalog entries that replaced earlier ones (override: true): on record
+        manifest["config"]["overrides"] = [dict(o) for o in registry.overrides]
+    empty = [split for split, rows in manifest["counts"].items() if rows == 0]
+    if empty and not config.allow_empty_split:  # e.g. decontamination removed every train row
+        raise FlanbuildError(f"the {' and '.join(empty)} split of this build would be empty "
+                             "(--allow-empty-split writes the mixture without it)")
 
 
 def _shard_keys(jobs: list[RenderJob], data: dict[str, SplitData]) -> dict[str, list[str]]:
