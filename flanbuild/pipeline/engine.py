@@ -344,14 +344,69 @@ def _run_dask(shards: list[Shard], workers: int, scheduler: str | None, on_done)
     except OSError as e:
         raise FlanbuildError(f"cannot reach the Dask scheduler {scheduler or '(local)'}: {e}") from None
     try:
-        futures = client.map(run_shard, list(_largest_first(shards)), pure=False)
-        results = []
-        for future in as_completed(futures):
-            result = future.result()
-            results.append(result)
-            on_done(result)
-        return results
+        return _run_shipped(client, shards, on_done, as_completed)
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def render_remote(job: RenderJob, data: SplitData) -> tuple[bytes, RenderStats, tuple]:
+    """On a Dask worker: render a shard whose rows travel with it (pipeline/remote.py) into memory.
+
+    Returns the part's Parquet bytes, its stats and the worker's library versions. The worker opens no
+    file: neither the client's sources nor its staging directory or cache need to be visible to it."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    stats = write_part(job, data, sink)
+    stats.per_template = {int(k): v for k, v in stats.per_template.items()}
+    return sink.getvalue().to_pybytes(), stats, _versions()
+
+
+def _land(shard: Shard, payload: tuple[bytes, RenderStats, tuple]) -> ShardResult:
+    """On the client: write a part a worker returned into the staging directory, and into the cache."""
+    blob, stats, versions = payload
+    if tuple(versions) != _versions():
+        theirs, ours = dict(versions), dict(_versions())
+        diff = ", ".join(f"{p} {theirs.get(p)} (client {v})" for p, v in ours.items() if theirs.get(p) != v)
+        raise FlanbuildError(f"a Dask worker runs other library versions than this client: {diff}; the parts' "
+                             f"bytes would differ (install the same versions on every worker)")
+    shard.path.write_bytes(blob)
+    if shard.cache_dir is not None:
+        _store(shard.path, stats, shard.cache_dir / shard.cache_key[:2], shard.cache_key)
+    return ShardResult(shard.number, shard.path, stats, False)
+
+
+def _run_shipped(client, shards: list[Shard], on_done, as_completed) -> list[ShardResult]:
+    """Each shard goes to a worker with its own rows and comes back as Parquet bytes; the client alone
+    reads sources and writes parts and cache entries. At most two shards per worker thread are in flight,
+    which bounds the client's memory and lets it read the next shard's rows while workers render."""
+    from flanbuild.pipeline.remote import ship
+
+    queue = list(_largest_first(shards))[::-1]
+    window = max(2, 2 * sum(client.nthreads().values()))
+    waiting = as_completed()
+    owner: dict[str, tuple[Shard, object]] = {}
+
+    def submit() -> None:
+        if queue:
+            shard = queue.pop()
+            job, rows = ship(shard.job, shard.data)
+            [rows_future] = client.scatter([rows], hash=False)
+            future = client.submit(render_remote, job, rows_future, pure=False)
+            owner[future.key] = (shard, rows_future)
+            waiting.add(future)
+
+    for _ in range(window):
+        submit()
+    results = []
+    for future in waiting:
+        shard, rows_future = owner.pop(future.key)
+        result = _land(shard, future.result())
+        future.release()
+        rows_future.release()
+        submit()
+        results.append(result)
+        on_done(result)
+    return results
