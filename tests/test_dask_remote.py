@@ -196,3 +196,39 @@ def test_shipped_rows_read_like_the_source(parquet_catalog):
     assert stream(rows, job.exemplars) == stream(data, job.exemplars)
     with pytest.raises(Exception, match="not shipped"):
         list(rows.rows(np.array([1])))
+
+
+class _DieOnce(distributed.WorkerPlugin):
+    """The first worker to start rendering a shard dies at once (os._exit), taking its scattered rows along."""
+
+    name = "flanbuild-die-once"
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def transition(self, key, start, finish, **kwargs):
+        name = key[0] if isinstance(key, tuple) else str(key)
+        if finish == "executing" and name.startswith("render_remote"):
+            try:
+                fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return
+            os.close(fd)
+            os._exit(1)
+
+
+def test_a_shard_whose_worker_dies_is_shipped_again(toy_registry, tmp_path, small_shards):
+    import cloudpickle
+
+    local = toy_build(toy_registry, tmp_path / "local", workers=1, use_cache=False, mix={"train_size": 300})
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                      silence_logs=50) as cluster, distributed.Client(cluster) as client:
+            client.register_plugin(_DieOnce(str(tmp_path / "died")))
+            dask = toy_build(toy_registry, tmp_path / "dask", engine="dask", scheduler=cluster.scheduler_address,
+                             use_cache=False, mix={"train_size": 300})
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert (tmp_path / "died").exists()  # a worker did die mid-build
+    assert _bytes(dask) == _bytes(local)

@@ -33,6 +33,7 @@ SERIAL_BELOW = 20_000  # fewer selected rows than this: a process pool costs mor
 # A worker process costs ~0.5 s to start and import (0.69 s for one, 1.09 s for two, measured on 2 busy
 # cores) and renders ~40-60k rows/s: another worker pays for itself only with ~100k rows to share.
 ROWS_PER_WORKER = 100_000
+SHIP_ATTEMPTS = 3  # --engine dask: a shard is shipped again when its worker dies, this many times in all
 
 
 def default_workers(total_rows: int) -> int:
@@ -381,31 +382,46 @@ def _land(shard: Shard, payload: tuple[bytes, RenderStats, tuple]) -> ShardResul
 def _run_shipped(client, shards: list[Shard], on_done, as_completed) -> list[ShardResult]:
     """Each shard goes to a worker with its own rows and comes back as Parquet bytes; the client alone
     reads sources and writes parts and cache entries. At most two shards per worker thread are in flight,
-    which bounds the client's memory and lets it read the next shard's rows while workers render."""
+    which bounds the client's memory and lets it read the next shard's rows while workers render. A
+    shard whose worker died (its scattered rows die with it) is shipped again, up to SHIP_ATTEMPTS times."""
+    from concurrent.futures import CancelledError
+
+    from distributed import KilledWorker
+
     from flanbuild.pipeline.remote import ship
 
-    queue = list(_largest_first(shards))[::-1]
+    queue = [(shard, 1) for shard in list(_largest_first(shards))[::-1]]
     window = max(2, 2 * sum(client.nthreads().values()))
     waiting = as_completed()
-    owner: dict[str, tuple[Shard, object]] = {}
+    owner: dict[str, tuple[Shard, int, object]] = {}
 
     def submit() -> None:
         if queue:
-            shard = queue.pop()
+            shard, attempt = queue.pop()
             job, rows = ship(shard.job, shard.data)
             [rows_future] = client.scatter([rows], hash=False)
             future = client.submit(render_remote, job, rows_future, pure=False)
-            owner[future.key] = (shard, rows_future)
+            owner[future.key] = (shard, attempt, rows_future)
             waiting.add(future)
 
     for _ in range(window):
         submit()
     results = []
     for future in waiting:
-        shard, rows_future = owner.pop(future.key)
-        result = _land(shard, future.result())
-        future.release()
-        rows_future.release()
+        shard, attempt, rows_future = owner.pop(future.key)
+        try:
+            payload = future.result()
+        except (CancelledError, KilledWorker):
+            if attempt >= SHIP_ATTEMPTS:
+                raise FlanbuildError(f"Dask workers were lost {attempt} times while rendering shard "
+                                     f"{shard.number} ({shard.job.task.name}); giving up") from None
+            queue.append((shard, attempt + 1))
+            submit()
+            continue
+        finally:
+            future.release()
+            rows_future.release()
+        result = _land(shard, payload)
         submit()
         results.append(result)
         on_done(result)
