@@ -232,3 +232,38 @@ def test_a_shard_whose_worker_dies_is_shipped_again(toy_registry, tmp_path, smal
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert (tmp_path / "died").exists()  # a worker did die mid-build
     assert _bytes(dask) == _bytes(local)
+
+
+def test_in_memory_sources_ship_only_the_shards_rows(tmp_path, small_shards):
+    """Python API tables (source.tables) are not sent whole with every shard, and give the local bytes."""
+    import pyarrow as pa
+
+    from flanbuild.builder import BuildConfig, build
+    from flanbuild.catalog.registry import Registry
+    from flanbuild.catalog.tasks import Source, Task
+    from flanbuild.catalog.templates import Template
+    from flanbuild.pipeline import engine
+    from flanbuild.pipeline.mixer import MixConfig
+    from flanbuild.pipeline.remote import ship
+    from flanbuild.pipeline.render import RenderJob
+    from flanbuild.sources.loader import load_split
+
+    registry = Registry()
+    registry.register_cluster("qa")
+    registry.register_cluster("held")
+    for name, cluster, role in (("mem_qa", "qa", "train"), ("mem_held", "held", "eval")):
+        table = pa.table({"q": [f"{name} question {i}" for i in range(200)], "a": [f"answer {i}" for i in range(200)]})
+        registry.register_task(Task(name=name, cluster=cluster, source=Source(tables={role: table}), fields={"q": "q"},
+                                    type="generation", answer="a"), [Template(1, "Q: {{q}}", "{{answer}}")])
+    task = registry.task("mem_qa")
+    job, rows = ship(RenderJob(task, "train", np.arange(10, 20), 0, "m"), load_split(task, "train", []))
+    assert job.task.source.tables == {} and rows.table.num_rows == 10
+
+    def one(out, **kw):
+        return build(BuildConfig(out=tmp_path / out, mix=MixConfig(heldout=("held",)), plots=False, **kw),
+                     registry=registry)
+
+    local = one("local", workers=1, use_cache=False)
+    dask = one("dask", engine="dask", workers=1, use_cache=False)
+    assert dask.shards == local.shards > 2 and engine.SHARD_ROWS == 40
+    assert _bytes(dask) == _bytes(local)
