@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from flanbuild.pipeline import columnar_render
 from flanbuild.pipeline import layouts
 from flanbuild.pipeline import seeding
 from flanbuild.errors import FlanbuildError
@@ -270,8 +271,13 @@ def render_rows(job: RenderJob, data: SplitData, stats: RenderStats | None = Non
         yield dict(zip(COLUMNS, record))
 
 
-def _records(job: RenderJob, data: SplitData, stats: RenderStats, exemplar_data: SplitData | None) -> Iterator[tuple]:
-    """Output rows as tuples in OUTPUT_SCHEMA's column order (the hot loop: no per-row dicts)."""
+def _records(job: RenderJob, data: SplitData, stats: RenderStats, exemplar_data: SplitData | None,
+             columnar: bool = False) -> Iterator[tuple | pa.Table]:
+    """Output rows as tuples in OUTPUT_SCHEMA's column order (the hot loop: no per-row dicts).
+
+    With ``columnar``, a job that pipeline/columnar_render.py can compute on whole Arrow batches yields
+    tables instead (the same rows, in the same order, with the same statistics).
+    """
     task = job.task
     templates = sorted(task.templates, key=lambda t: t.id)
     if not templates:
@@ -280,25 +286,37 @@ def _records(job: RenderJob, data: SplitData, stats: RenderStats, exemplar_data:
     outputs = _all_templates(job, templates) if job.all_templates else _TrainChoice(job, templates, exemplar_data or data, mapper)
     prefix = f"{task.name}/{task.source.split_name(job.role)}/"
     names = {t.id: template_name(task, t) for t in templates}
+
+    def one(idx: int, row: dict, n: int, stats) -> list[tuple]:
+        example = mapper(row, f"row {idx} of {data.origin}")
+        if example is None:
+            stats.dropped += 1
+            return []
+        example_id, out = prefix + str(idx), []
+        for template, r, shot_ids, show in outputs(example, idx, n):
+            if not r.inputs or not r.targets:
+                stats.dropped += 1
+                continue
+            kind = template_type(task, template, show, few_shot=bool(shot_ids))
+            stats.rows += 1
+            stats.per_template[template.id] = stats.per_template.get(template.id, 0) + 1
+            stats.per_type[kind] = stats.per_type.get(kind, 0) + 1
+            references = example.references if r.targets == example.context.get("answer") else [r.targets]
+            out.append((r.inputs, r.targets, job.task_source, task.name, kind, task.cluster, template.id,
+                        names[template.id], r.options, example_id, references, shot_ids, r.option_style))
+        return out
+
+    if columnar:
+        plan = columnar_render.plan(
+            job, templates, mapper.static_options, getattr(outputs, "decisions", None),
+            lambda t, show: template_type(task, t, show), OUTPUT_SCHEMA, one, _table, data.origin)
+        if plan is not None:
+            yield from plan.run(data, job.indices, stats)
+            return
     position = 0
     for chunk, rows in data.rows(job.indices):
         for i, (idx, row) in enumerate(zip(chunk.tolist(), rows)):
-            example = mapper(row, f"row {idx} of {data.origin}")
-            if example is None:
-                stats.dropped += 1
-                continue
-            example_id = prefix + str(idx)
-            for template, r, shot_ids, show in outputs(example, idx, position + i):
-                if not r.inputs or not r.targets:
-                    stats.dropped += 1
-                    continue
-                kind = template_type(task, template, show, few_shot=bool(shot_ids))
-                stats.rows += 1
-                stats.per_template[template.id] = stats.per_template.get(template.id, 0) + 1
-                stats.per_type[kind] = stats.per_type.get(kind, 0) + 1
-                references = example.references if r.targets == example.context.get("answer") else [r.targets]
-                yield (r.inputs, r.targets, job.task_source, task.name, kind, task.cluster, template.id,
-                       names[template.id], r.options, example_id, references, shot_ids, r.option_style)
+            yield from one(idx, row, position + i, stats)
         position += len(chunk)
 
 
@@ -389,17 +407,27 @@ def _assemble(query: Rendered, shots: list[tuple[int, Rendered]], style: PromptS
     return query
 
 
-def write_part(job: RenderJob, data: SplitData, path: Path, exemplar_data: SplitData | None = None) -> RenderStats:
-    """Render a job into one Parquet part file (the unit the writer assembles and the cache keeps)."""
+def write_part(job: RenderJob, data: SplitData, path: Path, exemplar_data: SplitData | None = None,
+               columnar: bool = True) -> RenderStats:
+    """Render a job into one Parquet part file (the unit the writer assembles and the cache keeps).
+
+    ``columnar=False`` keeps every row on the row path (the differential tests compare the two).
+    """
     stats = RenderStats()
     with pq.ParquetWriter(path, OUTPUT_SCHEMA, compression="zstd") as writer:
         buffer: list[tuple] = []
-        for record in _records(job, data, stats, exemplar_data):
+        tables = columnar_render.PartBatcher(writer, PART_BATCH_ROWS)
+        for record in _records(job, data, stats, exemplar_data, columnar):
+            if isinstance(record, pa.Table):
+                tables.add(record)
+                continue
             buffer.append(record)
             if len(buffer) >= PART_BATCH_ROWS:
                 writer.write_table(_table(buffer))
                 buffer = []
-        if buffer or stats.rows == 0:
+        if tables.count or tables.pending:
+            tables.close(_table([]), stats.rows == 0)
+        elif buffer or stats.rows == 0:
             writer.write_table(_table(buffer))
     return stats
 
