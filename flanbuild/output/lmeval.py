@@ -60,22 +60,6 @@ def _names(tasks: list[str], clusters: list[str]) -> tuple[dict[str, str], dict[
     return task_names, cluster_names
 
 
-def _inverted(manifest: dict, out: Path) -> dict[str, set[int]]:
-    """Inverted template ids per task: from mixture.json, else from the catalog the build used."""
-    inverted = {name: set(t["inverted_templates"]) for name, t in manifest["tasks"].items()
-                if isinstance(t, dict) and "inverted_templates" in t}
-    missing = [n for n in manifest["tasks"] if n not in inverted]
-    if missing:
-        from flanbuild.builder import load_registry
-
-        catalogs = tuple(Path(c) for c in manifest.get("config", {}).get("catalogs", []) if Path(c).is_dir())
-        registry = load_registry(catalogs)
-        for name in missing:
-            task = registry.tasks.get(name)
-            inverted[name] = {t.id for t in task.templates if t.inverted} if task is not None else set()
-    return inverted
-
-
 def _check_dest(src: Path, dest: Path) -> None:
     if dest == src or dest in src.parents or dest == src / "data" or src / "data" in dest.parents:
         raise FlanbuildError(f"export destination {dest} would replace the mixture {src}; choose another --out")
@@ -102,111 +86,142 @@ def _yaml(doc: dict) -> str:
 def export_lmeval(src: Path, dest: Path, *, separator: str = "\n", max_gen_toks: int = 256,
                   log: Callable[[str], None] | None = None) -> LmEvalExport:
     """Write the eval split of the mixture ``src`` as an lm_eval task folder ``dest`` (atomically)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     from flanbuild.pipeline import writer
 
     started = time.perf_counter()
     log = log or (lambda msg: None)
     src = Path(src).expanduser().absolute()
     dest = Path(dest).expanduser().absolute()
-    manifest_path = src / "mixture.json"
-    if not manifest_path.is_file():
-        raise FlanbuildError(f"{src} is not a flanbuild build (no mixture.json)")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest, table = _eval_rows(src)
     _check_dest(src, dest)
-    shards = [src / f["path"] for f in manifest["files"] if f["path"].startswith("data/eval-")]
-    for shard in shards:
-        if not shard.is_file():
-            raise FlanbuildError(f"data file {shard} is missing; rebuild the mixture")
-    tables = [t for t in (pq.read_table(s) for s in shards) if t.num_rows]
-    if not tables:
-        raise FlanbuildError(f"the mixture {src} has no eval rows: nothing to export for lm-eval "
-                             "(build with --heldout CLUSTER and data for that cluster)")
-    table = pa.concat_tables(tables)
-    inverted = _inverted(manifest, src)
-    task_col = table.column("task_name")
-    tasks = sorted(set(task_col.to_pylist()))
-    clusters_of = {t: manifest["tasks"].get(t, {}).get("cluster") for t in tasks}
-    for t in tasks:
-        if not clusters_of[t]:
-            clusters_of[t] = pc.filter(table.column("cluster"), pc.equal(task_col, t))[0].as_py()
+    tasks = sorted(set(table.column("task_name").to_pylist()))
+    clusters_of = {t: manifest["tasks"][t]["cluster"] for t in tasks}
     task_group, cluster_group = _names(tasks, sorted(set(clusters_of.values())))
-
     stage = writer.staging_dir(dest)
     try:
-        exported: dict[str, list[int]] = {}
-        kinds: dict[str, set[str]] = {}
-        files: list[dict] = []
-        n_rows = 0
+        leaves = _Leaves(stage, dest, separator, max_gen_toks)
         for task in tasks:
-            rows = table.filter(pc.equal(task_col, task))
-            leaves = []
-            for tid in sorted(set(rows.column("template_id").to_pylist())):
-                if tid in inverted.get(task, set()):
-                    continue
-                part = rows.filter(pc.equal(rows.column("template_id"), tid))
-                part = _with_gold(part)
-                mc = all(len(o) >= 2 for o in part.column("options").to_pylist())
-                if not mc:
-                    part = part.set_column(part.schema.get_field_index("gold"), "gold",
-                                           pa.array([-1] * part.num_rows, pa.int32()))
-                rel = f"data/{task}/t{tid}.parquet"
-                (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-                pq.write_table(part, stage / rel, compression="zstd")
-                files.append({"path": rel, "rows": part.num_rows, "sha256": writer.sha256_file(stage / rel)})
-                n_rows += part.num_rows
-                name = f"{task_group[task]}_t{tid}"
-                doc = _leaf(name, dest / rel, mc, separator, max_gen_toks, task, tid, clusters_of[task])
-                (stage / task).mkdir(exist_ok=True)
-                (stage / task / f"t{tid}.yaml").write_text(_yaml(doc), encoding="utf-8")
-                leaves.append(name)
-                kinds.setdefault(task, set()).add("mc" if mc else "gen")
-                exported.setdefault(task, []).append(tid)
-            if leaves:
-                (stage / task / "_group.yaml").write_text(_yaml(_group(task_group[task], leaves, kinds[task])),
-                                                          encoding="utf-8")
-            else:
+            group = leaves.write_task(task, task_group[task], clusters_of[task], table,
+                                      set(manifest["tasks"][task]["inverted_templates"]))
+            if not group:
                 log(f"lm-eval: {task} has only inverted templates; left out")
-        if not exported:
+        if not leaves.exported:
             raise FlanbuildError("no eval rows left for lm-eval once inverted templates are left out")
-        groups = []
-        (stage / "_clusters").mkdir()
-        for cluster in sorted(set(clusters_of[t] for t in exported)):
-            members = [t for t in exported if clusters_of[t] == cluster]
-            doc = _group(cluster_group[cluster], [task_group[t] for t in members], set().union(*(kinds[t] for t in members)))
-            (stage / "_clusters" / f"{cluster}.yaml").write_text(_yaml(doc), encoding="utf-8")
-            groups.append(cluster_group[cluster])
-        all_kinds = set().union(*kinds.values())
-        (stage / "_clusters" / "_heldout.yaml").write_text(_yaml(_group(f"{PREFIX}_heldout", groups, all_kinds)),
-                                                           encoding="utf-8")
-        groups.append(f"{PREFIX}_heldout")
-        info = {
-            "flanbuild_lmeval_export": 1,
-            "source": {"path": str(src), "mixture": manifest.get("config", {}).get("mixture"),
-                       "fingerprint": manifest.get("fingerprint")},
-            "groups": groups,
-            "clusters": {c: [task_group[t] for t in exported if clusters_of[t] == c] for c in sorted(set(clusters_of[t] for t in exported))},
-            "tasks": {t: {"group": task_group[t], "cluster": clusters_of[t], "templates": ids,
-                          "output_type": "multiple_choice" if kinds[t] == {"mc"} else
-                          "generate_until" if kinds[t] == {"gen"} else "mixed"} for t, ids in exported.items()},
-            "target_delimiter": separator,
-            "rows": n_rows,
-            "files": files,
-        }
+        groups = _write_groups(stage, leaves, clusters_of, task_group, cluster_group)
+        info = _info(src, manifest, groups, leaves, clusters_of, task_group, separator)
         writer.write_json(stage / MANIFEST, info)
         (stage / "README.md").write_text(_readme(info, dest), encoding="utf-8")
         writer.publish(stage, dest)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    result = LmEvalExport(dest, groups, exported, n_rows, time.perf_counter() - started)
-    log(f"wrote {dest}: lm-eval tasks for {len(exported)} task(s), "
-        f"{sum(len(v) for v in exported.values())} (task, template) pairs, {n_rows} rows; "
+    result = LmEvalExport(dest, groups, leaves.exported, leaves.rows, time.perf_counter() - started)
+    log(f"wrote {dest}: lm-eval tasks for {len(leaves.exported)} task(s), "
+        f"{sum(len(v) for v in leaves.exported.values())} (task, template) pairs, {leaves.rows} rows; "
         f"groups {', '.join(groups)}")
     return result
+
+
+def _eval_rows(src: Path):
+    """The build's manifest and its whole eval split (FlanbuildError when it has no eval rows)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from flanbuild.output.manifest import load_manifest, split_files
+
+    manifest = load_manifest(src)
+    tables = [t for t in (pq.read_table(s) for s in split_files(src, manifest, "eval")) if t.num_rows]
+    if not tables:
+        raise FlanbuildError(f"the mixture {src} has no eval rows: nothing to export for lm-eval "
+                             "(build with --heldout CLUSTER and data for that cluster)")
+    return manifest, pa.concat_tables(tables)
+
+
+class _Leaves:
+    """Writes one lm_eval task (YAML + Parquet) per (task, template) and remembers what it wrote."""
+
+    def __init__(self, stage: Path, dest: Path, separator: str, max_gen_toks: int):
+        self.stage, self.dest, self.separator, self.max_gen_toks = stage, dest, separator, max_gen_toks
+        self.exported: dict[str, list[int]] = {}  # task -> template ids
+        self.kinds: dict[str, set[str]] = {}  # task -> {"mc", "gen"}
+        self.files: list[dict] = []
+        self.rows = 0
+
+    def write_task(self, task: str, group: str, cluster: str, table, inverted: set[int]) -> list[str]:
+        """The task's leaves and its group file; returns the leaf names ([] if all templates are inverted)."""
+        import pyarrow.compute as pc
+
+        rows = table.filter(pc.equal(table.column("task_name"), task))
+        leaves = [self._write_leaf(task, group, cluster, rows, tid)
+                  for tid in sorted(set(rows.column("template_id").to_pylist())) if tid not in inverted]
+        if leaves:
+            (self.stage / task / "_group.yaml").write_text(_yaml(_group(group, leaves, self.kinds[task])),
+                                                           encoding="utf-8")
+        return leaves
+
+    def _write_leaf(self, task: str, group: str, cluster: str, rows, tid: int) -> str:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        from flanbuild.pipeline import writer
+
+        part = _with_gold(rows.filter(pc.equal(rows.column("template_id"), tid)))
+        mc = all(len(o) >= 2 for o in part.column("options").to_pylist())
+        if not mc:
+            part = part.set_column(part.schema.get_field_index("gold"), "gold",
+                                   pa.array([-1] * part.num_rows, pa.int32()))
+        rel = f"data/{task}/t{tid}.parquet"
+        (self.stage / rel).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(part, self.stage / rel, compression="zstd")
+        self.files.append({"path": rel, "rows": part.num_rows, "sha256": writer.sha256_file(self.stage / rel)})
+        self.rows += part.num_rows
+        name = f"{group}_t{tid}"
+        doc = _leaf(name, self.dest / rel, mc, self.separator, self.max_gen_toks, task, tid, cluster)
+        (self.stage / task).mkdir(exist_ok=True)
+        (self.stage / task / f"t{tid}.yaml").write_text(_yaml(doc), encoding="utf-8")
+        self.kinds.setdefault(task, set()).add("mc" if mc else "gen")
+        self.exported.setdefault(task, []).append(tid)
+        return name
+
+
+def _write_groups(stage: Path, leaves: _Leaves, clusters_of: dict[str, str], task_group: dict[str, str],
+                  cluster_group: dict[str, str]) -> list[str]:
+    """One group per cluster over its tasks, and one over all held-out clusters."""
+    groups = []
+    (stage / "_clusters").mkdir()
+    for cluster in sorted(set(clusters_of[t] for t in leaves.exported)):
+        members = [t for t in leaves.exported if clusters_of[t] == cluster]
+        doc = _group(cluster_group[cluster], [task_group[t] for t in members],
+                     set().union(*(leaves.kinds[t] for t in members)))
+        (stage / "_clusters" / f"{cluster}.yaml").write_text(_yaml(doc), encoding="utf-8")
+        groups.append(cluster_group[cluster])
+    all_kinds = set().union(*leaves.kinds.values())
+    (stage / "_clusters" / "_heldout.yaml").write_text(_yaml(_group(f"{PREFIX}_heldout", groups, all_kinds)),
+                                                       encoding="utf-8")
+    return groups + [f"{PREFIX}_heldout"]
+
+
+def _info(src: Path, manifest: dict, groups: list[str], leaves: _Leaves, clusters_of: dict[str, str],
+          task_group: dict[str, str], separator: str) -> dict:
+    """The export's own record (``MANIFEST``): where it came from and what it holds."""
+    exported = leaves.exported
+    clusters = sorted(set(clusters_of[t] for t in exported))
+
+    def output_type(kinds: set[str]) -> str:
+        return "multiple_choice" if kinds == {"mc"} else "generate_until" if kinds == {"gen"} else "mixed"
+
+    return {
+        "flanbuild_lmeval_export": 1,
+        "source": {"path": str(src), "mixture": manifest["config"]["mixture"], "fingerprint": manifest["fingerprint"]},
+        "groups": groups,
+        "clusters": {c: [task_group[t] for t in exported if clusters_of[t] == c] for c in clusters},
+        "tasks": {t: {"group": task_group[t], "cluster": clusters_of[t], "templates": ids,
+                      "output_type": output_type(leaves.kinds[t])} for t, ids in exported.items()},
+        "target_delimiter": separator,
+        "rows": leaves.rows,
+        "files": leaves.files,
+    }
 
 
 def _with_gold(part):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
 from flanbuild.errors import FlanbuildError
+from flanbuild.pipeline.writer import sha256_file
 
 SCHEMA_VERSION = 2
 FILENAME = "mixture.json"
@@ -196,14 +197,6 @@ def verify(out_dir: Path | str) -> list[str]:
     if fingerprint(manifest["files"]) != manifest["fingerprint"]:
         problems.append(f"the fingerprint in {FILENAME} does not match its file list")
     return problems
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # -- the schema check ---------------------------------------------------------------------------
