@@ -171,7 +171,7 @@ def main() -> int:
         print(f"[{rows} rows] input generated in {time.perf_counter() - t0:.1f}s", flush=True)
         ref = reference(data, root / "reference.parquet")
         print(f"[{rows} rows] reference pipeline: {ref:,.0f} rows/s", flush=True)
-        common = ["--data-dir", str(data), "--catalog", str(root / "catalog"), "--tasks", "bench_sst2,glue_rte",
+        common = ["--data-dir", str(data), "--catalog", str(root / "catalog"), "--tasks", "bench_sst2,super_glue_rte",
                   "--heldout", "nli", "--task-cap", "0", "--rate-cap", "0", "--no-cache", "-q"]
         env_b = {**env, "FLANBUILD_DATA_DIR": f"{data}{os.pathsep}{args.mirror}"}
         results = {}

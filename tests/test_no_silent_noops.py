@@ -109,3 +109,13 @@ def test_eval_only_mixture_when_allowed(toy_registry, tmp_path):
     assert result.manifest["counts"]["train"] == 0 and result.manifest["counts"]["eval"] > 0
     ds = datasets.load_dataset(str(tmp_path / "o"))
     assert list(ds) == ["eval"]
+
+
+def test_a_task_asked_for_that_the_recipe_excludes_is_an_error(toy_registry, tmp_path):
+    """--tasks naming a task no submixture selects (e.g. the second copy of a dataset) is not silently dropped."""
+    recipe = Recipe("r", submixtures=(Submixture("m", exclude_tasks=("sent_b",)),))
+    config = BuildConfig(out=tmp_path / "o", recipe=recipe, mix=MixConfig(heldout=("toy_nli",)),
+                         tasks=("nli_a", "sent_a", "sent_b"))
+    with pytest.raises(FlanbuildError, match="task sent_b is not selected by any submixture of mixture r"):
+        build(config, registry=toy_registry)
+    assert not (tmp_path / "o").exists()
