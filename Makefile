@@ -58,11 +58,12 @@ lint: venv-core
 
 FT_MODEL ?= tiny-t5
 FT_STEPS ?= 300
+FT_EXAMPLES ?= 50
 FT_RUN   ?= out/finetune/$(FT_MODEL)
 finetune: venv
 	$(VENV)/bin/flanbuild finetune --data $(OUT) --model $(FT_MODEL) --out $(FT_RUN) --max-steps $(FT_STEPS) \
 		--max-input-len 256 --max-target-len 64 --save-steps 0 --overwrite --threads 1
-	$(VENV)/bin/flanbuild evaluate --data $(OUT) --model $(FT_RUN) --max-examples 50 \
+	$(VENV)/bin/flanbuild evaluate --data $(OUT) --model $(FT_RUN) --max-examples $(FT_EXAMPLES) \
 		--out $(FT_RUN)/results.json --threads 1
 
 clean:
