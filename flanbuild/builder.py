@@ -285,13 +285,7 @@ def _select(config: BuildConfig, registry: Registry, held: set[str], removed: se
     from_sample = [n for n, d in sel.data.items() if d.origin.startswith(sample.ORIGIN_PREFIX)]
     if from_sample:
         log(sample.notice(len(from_sample)))
-    asked_out = [n for n in config.tasks if n in sel.unselected]
-    if asked_out:  # --tasks named it, but no submixture takes it: say so rather than build without it
-        name = asked_out[0]
-        dup = registry.tasks[name].duplicates
-        why = f" (a copy of {', '.join(dup)}, which the recipe uses instead)" if dup else ""
-        raise FlanbuildError(f"task {name} is not selected by any submixture of mixture {config.recipe.name}{why}; "
-                             "ask for another task or use a recipe that includes it")
+    _check_asked_for(config, registry, sel)
     if not any(r == "eval" for r in sel.roles.values()):
         msg = f"no eval data: no task of the held-out cluster(s) {', '.join(sorted(held))} has data here"
         if config.strict or not config.allow_empty_split:
@@ -303,6 +297,17 @@ def _select(config: BuildConfig, registry: Registry, held: set[str], removed: se
             raise FlanbuildError(msg)
         log(f"warning: {msg}")
     return sel
+
+
+def _check_asked_for(config: BuildConfig, registry: Registry, sel: Selection) -> None:
+    """--tasks named a task that no submixture takes: say so rather than build without it."""
+    asked_out = [n for n in config.tasks if n in sel.unselected]
+    if asked_out:
+        name = asked_out[0]
+        dup = registry.tasks[name].duplicates
+        why = f" (a copy of {', '.join(dup)}, which the recipe uses instead)" if dup else ""
+        raise FlanbuildError(f"task {name} is not selected by any submixture of mixture {config.recipe.name}{why}; "
+                             "ask for another task or use a recipe that includes it")
 
 
 def _load_task(config: BuildConfig, task: Task, sub: Submixture, role: str, sel: Selection, cache_dir: Path | None,

@@ -118,7 +118,10 @@ def test_card_tables_pictures_and_numbers(toy_catalog, tmp_path):
     text = " ".join(" ".join(doc.text).split())
 
     # the YAML header is unchanged in substance: splits, exact counts and sizes
-    assert card.startswith(_yaml_header(manifest) + "\n")
+    assert card.startswith(_yaml_header(manifest, registry.tasks) + "\n")
+    # the Hub's fields, from the tasks: a card licence string becomes its Hugging Face id, others "other"
+    header = card.split("\n---\n", 1)[0]
+    assert "license:\n- cc-by-sa-4.0\n- other\n" in header and "language:\n- en\n" in header
     assert f"num_examples: {manifest['counts']['train']}" in card
     # how it was made
     assert "Seed" in text or "seed" in text
@@ -243,6 +246,8 @@ def test_token_counts_with_a_local_tokenizer(toy_registry, tmp_path):
     words = [len(re.findall(r"\w+|[^\w\s]", s)) for s in train.column("inputs").to_pylist()]
     assert re.search(rf"\| train \| `inputs` \| tokens \| {np.mean(words):,.1f} \| .* \| {max(words):,} \|", card)
     assert "on a deterministic sample" in card and f"train: {train.num_rows:,} of {train.num_rows:,} rows" in card
+    # the share of rows past common context lengths (toy rows are short: none past 512 tokens)
+    assert "| train | `inputs` | 0.0% | 0.0% | 0.0% |" in card and "| > 512 | > 1,024 | > 2,048 |" in card
     from PIL import Image
 
     assert Image.open(out / "lengths.png").size[1] > 600  # a second row of histograms (tokens)
@@ -306,3 +311,15 @@ def test_card_of_a_build_without_eval_data(toy_catalog, tmp_path):
     card = (out / "README.md").read_text()
     check_renders(card, out)
     assert "### toy_nli" not in card and "| eval | `inputs`" not in card
+
+
+def test_readme_columns_table_is_the_cards():
+    """README.md and every card describe the columns from one definition (render.COLUMN_DOCS)."""
+    import re
+
+    from conftest import REPO
+    from flanbuild.output.card import columns_markdown
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = re.search(r"<!-- columns:start -->\n(.*?)\n<!-- columns:end -->", readme, re.S).group(1)
+    assert table == columns_markdown(), "regenerate README's table: flanbuild.output.card.columns_markdown()"

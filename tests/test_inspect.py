@@ -144,7 +144,7 @@ def test_card_command_rewrites_the_card(toy_registry, toy_catalog, tmp_path, cap
     (out / "README.md").unlink()
     code, _, err = cli(capsys, "card", out, "--catalog", toy_catalog)
     assert code == 0 and "wrote" in err
-    assert (out / "README.md").read_text().startswith("---\nconfigs:") and (out / "composition.png").is_file()
+    assert (out / "README.md").read_text().startswith("---\n") and "\nconfigs:\n" in (out / "README.md").read_text() and (out / "composition.png").is_file()
 
 
 # -- progress -------------------------------------------------------------------------------------

@@ -26,22 +26,6 @@ SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"
                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
 EXAMPLE_MAX_CHARS = 1_200  # longer inputs/targets are cut in the card's examples
 FLAN_PAPER = "https://arxiv.org/abs/2109.01652"
-COLUMNS = {
-    "inputs": "the rendered instruction (the model's input)",
-    "targets": "the answer (the model's output)",
-    "task_source": "the mixture's name",
-    "task_name": "the task (one dataset, or one part of one)",
-    "template_type": "`zs_opt`: zero-shot, answer options shown; `zs_noopt`: zero-shot, no options shown "
-                     "(`fs_*`: few-shot)",
-    "cluster": "the task cluster (FLAN's grouping; clusters are held out whole)",
-    "template_id": "which instruction template rendered the row",
-    "template_name": "the template's name: promptsource's own for P3 rows, `<task>_<id>` for flanbuild's",
-    "options": "answer options of a classification row (the target is one of them); empty for generation rows",
-    "example_id": "`task/source split/row index` of the source example",
-    "references": "all acceptable targets (e.g. every reference answer); the first is `targets`",
-    "few_shot_ids": "`example_id`s of the exemplars in a few-shot row; empty for zero-shot rows",
-    "option_style": "how the options are laid out (`flan`: FLAN's `OPTIONS:` block); empty without options",
-}
 
 
 # -- Markdown helpers -----------------------------------------------------------------------------
@@ -89,30 +73,21 @@ def _n(x: int | float) -> str:
 
 # -- YAML -----------------------------------------------------------------------------------------
 
-def features_yaml(schema, indent: str = "  ") -> str:
-    """An Arrow schema as Hugging Face YAML ``features`` (strings, ints, lists, lists of structs)."""
+def hf_features(schema) -> list[dict]:
+    """An Arrow schema as Hugging Face ``dataset_info.features`` (the card YAML's structure)."""
     import pyarrow as pa
 
-    def one(name: str, typ, pad: str) -> list[str]:
+    def one(name: str, typ) -> dict:
         if pa.types.is_list(typ) or pa.types.is_large_list(typ):
             inner = typ.value_type
             if pa.types.is_struct(inner):
-                out = [f"{pad}- name: {name}", f"{pad}  list:"]
-                for f in inner:
-                    out += one(f.name, f.type, pad + "  ")
-                return out
-            return [f"{pad}- name: {name}", f"{pad}  list: {_dtype(inner)}"]
+                return {"name": name, "list": [one(f.name, f.type) for f in inner]}
+            return {"name": name, "list": _dtype(inner)}
         if pa.types.is_struct(typ):
-            out = [f"{pad}- name: {name}", f"{pad}  struct:"]
-            for f in typ:
-                out += one(f.name, f.type, pad + "  ")
-            return out
-        return [f"{pad}- name: {name}", f"{pad}  dtype: {_dtype(typ)}"]
+            return {"name": name, "struct": [one(f.name, f.type) for f in typ]}
+        return {"name": name, "dtype": _dtype(typ)}
 
-    lines = [f"{indent}features:"]
-    for f in schema:
-        lines += one(f.name, f.type, indent)
-    return "\n".join(lines)
+    return [one(f.name, f.type) for f in schema]
 
 
 def _dtype(typ) -> str:
@@ -123,13 +98,6 @@ def _dtype(typ) -> str:
     return str(typ)
 
 
-def _features_yaml() -> str:
-    """The output schema (render.OUTPUT_SCHEMA) as Hugging Face YAML features."""
-    from flanbuild.pipeline.render import OUTPUT_SCHEMA
-
-    return features_yaml(OUTPUT_SCHEMA)
-
-
 def size_category(n: int) -> str:
     for limit, name in SIZE_CATEGORIES:
         if n < limit:
@@ -137,29 +105,33 @@ def size_category(n: int) -> str:
     return "n>1B"
 
 
-def dataset_yaml(split_files: dict[str, list[dict]], features: str, *, pretty_name: str, rows: dict[str, int],
-                 extra: list[str] = ()) -> str:
+def dataset_yaml(split_files: dict[str, list[dict]], features: list[dict], *, pretty_name: str,
+                 rows: dict[str, int], **card_data) -> str:
     """The YAML header of a card for the splits in ``split_files`` ({split: [{path, bytes}]}).
 
-    ``configs`` maps each split to its files (so ``load_dataset(folder)`` gives exactly these splits);
-    ``dataset_info`` has the exact row counts and byte sizes, which ``datasets`` hashes into its cache
-    key for a local folder (a rebuilt folder gets a fresh cache entry).
+    Built with ``huggingface_hub.DatasetCardData`` (what the Hub validates). ``configs`` maps each split
+    to its files, so ``load_dataset(folder)`` gives exactly these splits; ``dataset_info`` has the exact
+    row counts and byte sizes, which ``datasets`` hashes into its cache key for a local folder (a rebuilt
+    folder gets a fresh cache entry). ``card_data``: more fields (license, language, source_datasets...).
     """
+    from huggingface_hub import DatasetCardData
+
     split_files = {s: files for s, files in split_files.items() if rows.get(s, 0) > 0}  # an empty split is left out
     split_bytes = {s: sum(f["bytes"] for f in files) for s, files in split_files.items()}
-    lines = ["---", "configs:", "- config_name: default", "  data_files:"]
-    for split, files in split_files.items():
-        lines += [f"  - split: {split}", f"    path: {_pattern(split, files)}"]
-    lines += ["dataset_info:", "  config_name: default", features, "  splits:"]
-    for split in split_files:
-        lines += [f"  - name: {split}", f"    num_bytes: {split_bytes[split]}", f"    num_examples: {rows[split]}"]
     total = sum(split_bytes.values())
-    lines += [f"  download_size: {total}", f"  dataset_size: {total}",
-              f"pretty_name: {json.dumps(pretty_name)}",
-              "size_categories:", f"- {size_category(sum(rows.values()))}",
-              "task_categories:", "- text-generation",
-              "tags:", "- flan", "- instruction-tuning", "- flanbuild", *extra, "---"]
-    return "\n".join(lines)
+    data = DatasetCardData(
+        pretty_name=pretty_name,
+        size_categories=[size_category(sum(rows.values()))],
+        task_categories=card_data.pop("task_categories", ["text-generation"]),
+        tags=["flan", "instruction-tuning", "flanbuild"],
+        configs=[{"config_name": "default",
+                  "data_files": [{"split": s, "path": _pattern(s, files)} for s, files in split_files.items()]}],
+        dataset_info={"config_name": "default", "features": features,
+                      "splits": [{"name": s, "num_bytes": split_bytes[s], "num_examples": rows[s]} for s in split_files],
+                      "download_size": total, "dataset_size": total},
+        **card_data,
+    )
+    return f"---\n{data.to_yaml()}\n---"
 
 
 def _pattern(split: str, files: list[dict]) -> str:
@@ -170,16 +142,58 @@ def _pattern(split: str, files: list[dict]) -> str:
     return f"data/{split}-*"
 
 
-def _yaml_header(manifest: dict) -> str:
-    """The card's YAML: the split layout, plus ``dataset_info`` with exact row counts and file sizes.
+def _yaml_header(manifest: dict, tasks: dict | None = None) -> str:
+    """The card's YAML: the split layout, exact row counts and file sizes, and what the Hub shows
+    about the mixture (licences, languages, source datasets, task categories), from the tasks in it.
 
     ``datasets`` caches a local folder under a key computed from this YAML, not from the files; the
     sizes make a rebuilt mixture get a fresh cache entry instead of the previous build's rows, and the
     row counts are verified by ``load_dataset``.
     """
+    from flanbuild.pipeline.render import OUTPUT_SCHEMA
+
     files = {s: [f for f in manifest["files"] if f["path"].startswith(f"data/{s}-")] for s in ("train", "eval")}
-    return dataset_yaml(files, _features_yaml(), rows=manifest["counts"],
-                        pretty_name=f"FLAN-style instruction-tuning mixture ({manifest['config']['mixture']})")
+    used = {name: (tasks or {}).get(name) for name in manifest["tasks"]}
+    licenses = sorted({_license_id((t.license if t is not None else "") or "") for t in used.values()})
+    return dataset_yaml(files, hf_features(OUTPUT_SCHEMA), rows=manifest["counts"],
+                        pretty_name=f"FLAN-style instruction-tuning mixture ({manifest['config']['mixture']})",
+                        license=licenses, language=_languages(manifest, used),
+                        source_datasets=sorted({f"extended|{t.source.hub}" for t in used.values()
+                                                if t is not None and t.source.hub}) or None,
+                        task_categories=sorted({"text-generation"} | {CLUSTER_CATEGORIES.get(e["cluster"], "text-generation")
+                                                                      for e in manifest["tasks"].values()}))
+
+
+# Hugging Face task categories of the FLAN clusters (what a Hub search filters on).
+CLUSTER_CATEGORIES = {
+    "nli": "text-classification", "paraphrase": "text-classification", "sentiment": "text-classification",
+    "coreference": "text-classification", "misc": "text-classification",
+    "reading_comprehension": "question-answering", "reading_comprehension_commonsense": "question-answering",
+    "closed_book_qa": "question-answering", "chain_of_thought": "question-answering",
+    "commonsense": "multiple-choice", "summarization": "summarization", "translation": "translation",
+    "struct_to_text": "text-generation", "dialog": "text-generation",
+}
+# Licence strings of the task cards -> Hugging Face licence ids; anything else is "other".
+_LICENSES = [(r"\bcc[- ]by[- ]sa[- ]?4", "cc-by-sa-4.0"), (r"\bcc[- ]by[- ]sa[- ]?3", "cc-by-sa-3.0"),
+             (r"\bcc[- ]by[- ]nc[- ]sa[- ]?4", "cc-by-nc-sa-4.0"), (r"\bcc[- ]by[- ]nc[- ]?4", "cc-by-nc-4.0"),
+             (r"\bcc[- ]by[- ]?4", "cc-by-4.0"), (r"\bcc[- ]by[- ]?3", "cc-by-3.0"), (r"\bmit\b", "mit"),
+             (r"\bapache[- ]?(license )?2", "apache-2.0"), (r"\bbsd[- ]2", "bsd-2-clause"), (r"\bafl[- ]?3", "afl-3.0"),
+             (r"\bcc0\b", "cc0-1.0")]
+
+
+def _license_id(text: str) -> str:
+    t = text.lower()
+    return next((lid for pattern, lid in _LICENSES if re.search(pattern, t)), "other")
+
+
+def _languages(manifest: dict, used: dict) -> list[str]:
+    """English, plus the other side of every translation task (from its Hub config, e.g. ``de-en``)."""
+    langs = {"en"}
+    for name, entry in manifest["tasks"].items():
+        task = used.get(name)
+        if entry["cluster"] == "translation" and task is not None:
+            langs |= {p for p in re.split(r"[-_]", task.source.config) if re.fullmatch(r"[a-z]{2}", p)}
+    return sorted(langs)
 
 
 # -- the card -------------------------------------------------------------------------------------
@@ -224,7 +238,7 @@ def render_card(manifest: dict, tasks: dict | None = None, stats=None, images: d
     clusters = sorted({t["cluster"] for t in entries.values()})
     name = cfg["mixture"]
     parts = [
-        _yaml_header(manifest),
+        _yaml_header(manifest, tasks),
         "",
         f"# FLAN-style instruction-tuning mixture: {md(name)}",
         "",
@@ -402,6 +416,7 @@ def _lengths(stats, images, clusters) -> list[str]:
                              _n(d.max), total])
     out += [_table(["split", "column", "unit", "mean", "median", "p95", "max", "total"], rows, "lllrrrrr"), ""]
     if stats.tokens:
+        out += _token_budget(stats)
         sample = ", ".join(f"{s}: {_n(n)} of {_n(stats.rows.get(s, 0))} rows" for s, n in stats.token_sample.items())
         out += [f"Characters are counted on every row. Tokens are counted with {code(_tok_name(stats.tokenizer))} "
                 f"(no special tokens) on a deterministic sample ({sample}); token totals are estimates "
@@ -421,6 +436,24 @@ def _lengths(stats, images, clusters) -> list[str]:
             _table(["cluster", "split", "inputs mean", "inputs p95", "inputs max", "targets mean", "targets p95",
                     "targets max"], rows, "llrrrrrr"), ""]
     return out
+
+
+TOKEN_BUDGETS = (512, 1024, 2048)  # common context lengths: how much of the mixture would be cut
+
+
+def _token_budget(stats) -> list[str]:
+    """The share of rows whose input (and input + target) is longer than common context lengths."""
+    rows = []
+    for split in ("train", "eval"):
+        d = stats.dist(split, "inputs", "tokens")
+        if d.n:
+            values, counts = d.arrays()
+            rows.append([split, code("inputs")] + [_pct(counts[values > b].sum() / d.n) for b in TOKEN_BUDGETS])
+    if not rows:
+        return []
+    return ["Rows longer than a context length, in tokens (on the sample):", "",
+            _table(["split", "column"] + [f"> {b:,}" for b in TOKEN_BUDGETS], rows, "ll" + "r" * len(TOKEN_BUDGETS)),
+            ""]
 
 
 def _tok_name(name: str | None) -> str:
@@ -540,15 +573,10 @@ def _short_reason(reason: str, limit: int = 220) -> str:
 
 
 def _columns_and_loading(manifest) -> list[str]:
-    from flanbuild.pipeline.render import OUTPUT_SCHEMA
-
-    rows = [[code(f.name), code(_type_name(f.type)), COLUMNS.get(f.name, "")] for f in OUTPUT_SCHEMA]
-    first = next((f["path"] for f in manifest["files"] if f["path"].startswith("data/train-")),
-                 "data/train-00000-of-00001.parquet")
     return [
         "## Columns", "",
         "Both splits have the same columns (the Flan Collection's names first):", "",
-        _table(["column", "type", "meaning"], rows), "",
+        columns_markdown(), "",
         "## How to load it", "",
         "With 🤗 `datasets` (this folder, or its Hub repository id):", "",
         _fenced("from datasets import load_dataset\n\n"
@@ -558,8 +586,9 @@ def _columns_and_loading(manifest) -> list[str]:
                 % next(iter(sorted(n for n, t in manifest["tasks"].items() if t["role"] == "eval")), "TASK"),
                 "python"), "",
         "With pandas (or any Parquet reader: polars, DuckDB, Spark):", "",
-        _fenced("import pandas as pd\n\n"
-                f"train = pd.read_parquet(\"path/to/this/folder/{first}\")\n"
+        _fenced("import glob\nimport pandas as pd\n\n"
+                "shards = sorted(glob.glob(\"path/to/this/folder/data/train-*.parquet\"))\n"
+                "train = pd.concat(pd.read_parquet(p) for p in shards)\n"
                 "train.groupby(\"cluster\").size()", "python"), "",
         "For a trainer, export the columns it reads (`flanbuild export`, or `flanbuild build --format ...`):", "",
         _table(["format", "columns", "read by"], [
@@ -594,6 +623,19 @@ def _columns_and_loading(manifest) -> list[str]:
                 "  year      = {2022},\n  url       = {https://openreview.net/forum?id=gEZrGCozdqR}\n}", "bibtex"),
         "",
     ]
+
+
+def columns_markdown() -> str:
+    """The columns table of the card and of README.md, from the output schema and its COLUMN_DOCS."""
+    from flanbuild.pipeline.render import COLUMN_DOCS, OUTPUT_SCHEMA
+
+    return _table(["column", "type", "meaning"],
+                  [[code(f.name), code(_type_name(f.type)), _doc_cell(COLUMN_DOCS[f.name])] for f in OUTPUT_SCHEMA])
+
+
+def _doc_cell(text: str) -> str:
+    """A column description in a table cell: its `code` spans kept, pipes inside them escaped."""
+    return re.sub(r"`([^`]*)`", lambda m: code(m.group(1)), text)
 
 
 def _type_name(typ) -> str:

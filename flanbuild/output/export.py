@@ -135,7 +135,7 @@ def export(src: Path, fmt: str = "flan", dest: Path | None = None, jsonl: bool =
     import pyarrow.parquet as pq
 
     from flanbuild.pipeline import writer
-    from flanbuild.output.card import dataset_yaml, features_yaml
+    from flanbuild.output.card import dataset_yaml, hf_features
     from flanbuild.output.manifest import SPLITS, load_manifest, split_files
 
     started = time.perf_counter()
@@ -192,7 +192,7 @@ def export(src: Path, fmt: str = "flan", dest: Path | None = None, jsonl: bool =
         }
         writer.write_json(stage / EXPORT_MANIFEST, info)
         writer.write_json(stage / "dataset_info.json", llamafactory_info(fmt, name, ext))
-        header = dataset_yaml(by_split, features_yaml(schema), rows=counts,
+        header = dataset_yaml(by_split, hf_features(schema), rows=counts,
                               pretty_name=f"FLAN-style mixture {name}, {fmt} format")
         (stage / "README.md").write_text(header + "\n\n" + _export_body(fmt, name, manifest, counts, ext, separator),
                                          encoding="utf-8")

@@ -49,62 +49,93 @@ def cluster_colors(clusters: list[str]) -> dict[str, tuple]:
     return {c: cmap((2 * i) % 20 + (i // 10) % 2) for i, c in enumerate(sorted(clusters))}
 
 
+TOP_TASKS = 30  # tasks drawn one bar each; the rest share one bar (a Flan 2022 build has ~1,800 tasks)
+
+
 def composition_png(path: Path, manifest: dict) -> Path:
-    """Horizontal bars: clusters as one 100% bar on top, then every training task, grouped by cluster."""
+    """Share bars first (clusters; submixtures when there are several), then the largest training
+    tasks, grouped by cluster, and one bar for all the others."""
     train = {n: t for n, t in manifest["tasks"].items() if t["role"] == "train"}
     total = sum(t["rows"] for t in train.values()) or 1
-    by_cluster: dict[str, list[tuple[str, int]]] = {}
-    for name, t in train.items():
-        by_cluster.setdefault(t["cluster"], []).append((name, t["rows"]))
-    clusters = sorted(by_cluster, key=lambda c: (-sum(r for _, r in by_cluster[c]), c))
+    by_cluster: dict[str, int] = {}
+    by_sub: dict[str, int] = {}
+    for t in train.values():
+        by_cluster[t["cluster"]] = by_cluster.get(t["cluster"], 0) + t["rows"]
+        by_sub[t["submixture"]] = by_sub.get(t["submixture"], 0) + t["rows"]
+    clusters = sorted(by_cluster, key=lambda c: (-by_cluster[c], c))
     colors = cluster_colors(list(by_cluster))
-    rows: list[tuple[str, int, str]] = []  # task, rows, cluster, top to bottom
-    for c in clusters:
-        rows += [(n, r, c) for n, r in sorted(by_cluster[c], key=lambda x: (-x[1], x[0]))]
-    n = max(len(rows), 1)
-    legend_rows = -(-len(clusters) // 4)
+    shares = [("clusters", [(c, by_cluster[c], colors[c]) for c in clusters])]
+    if len(by_sub) > 1:
+        palette = cluster_colors(sorted(by_sub))
+        shares.append(("submixtures", [(s, by_sub[s], palette[s]) for s in sorted(by_sub, key=lambda s: -by_sub[s])]))
+    rows = _task_rows(train, clusters, colors)
+    # the labels' room, from the longest label at 8 pt (about 0.085 in a character on a 9 in figure)
+    left = min(0.5, 0.04 + 0.0085 * max((len(label) for label, _, _ in rows), default=10))
+    ncol = max(2, int((0.95 - left) * 9.0 / 2.0))  # legend entries of about 2 in side by side
     with _style():
-        fig = _figure(9.0, 2.1 + 0.22 * legend_rows + 0.24 * n)
+        legend_rows = sum(-(-len(parts) // ncol) for _, parts in shares)
+        fig = _figure(9.0, 1.7 + (0.4 + 0.3) * len(shares) + 0.22 * legend_rows + 0.24 * max(len(rows), 1))
         inch = 1 / fig.get_figheight()
-        top = 1 - 0.6 * inch
-        bar_h = 0.4 * inch
-        ax0 = fig.add_axes((0.27, top - bar_h, 0.68, bar_h))
-        left = 0.0
-        for c in clusters:
-            share = sum(r for _, r in by_cluster[c]) / total
-            ax0.barh(0, share, left=left, color=colors[c], edgecolor="white", height=1.0,
-                     label=f"{c} {share:.1%}")
-            if share >= 0.12:
-                ax0.text(left + share / 2, 0, f"{share:.0%}", ha="center", va="center", fontsize=8)
-            left += share
-        ax0.set_xlim(0, 1)
-        ax0.set_ylim(-0.5, 0.5)
-        ax0.set_yticks([0], ["clusters"])
-        ax0.set_xticks([])
-        for s in ax0.spines.values():
-            s.set_visible(False)
-        ax0.legend(loc="upper left", bbox_to_anchor=(0, -0.1), ncol=4, fontsize=8, frameon=False,
-                   handlelength=1.0, columnspacing=1.2)
         fig.text(0.02, 1 - 0.25 * inch, f"Train composition: {total:,} rows, {len(train)} tasks, "
                  f"{len(by_cluster)} clusters", fontsize=11, va="center")
-        body_top = top - bar_h - (0.3 + 0.22 * legend_rows) * inch
+        top = 1 - 0.6 * inch
+        for label, parts in shares:
+            top = _share_bar(fig, (left, top), inch, label, parts, total, ncol)
         body_bottom = 0.55 * inch
-        ax = fig.add_axes((0.27, body_bottom, 0.68, body_top - body_bottom))
-        y = np.arange(len(rows))
-        values = [r for _, r, _ in rows]
-        ax.barh(y, values, color=[colors[c] for _, _, c in rows], height=0.75)
-        ax.set_yticks(y, [f"{t}  ({c})" for t, _, c in rows], fontsize=8)
-        ax.invert_yaxis()
-        ax.set_ylim(len(rows) - 0.5, -0.5)
-        xmax = max(values, default=1) or 1
-        ax.set_xlim(0, xmax * 1.22)
-        for yi, v in zip(y, values):
-            ax.text(v + xmax * 0.01, yi, f"{v:,}  {v / total:.1%}", va="center", fontsize=7)
-        ax.set_xlabel("rows in train", fontsize=9)
-        ax.tick_params(axis="x", labelsize=8)
-        ax.spines[["top", "right"]].set_visible(False)
+        ax = fig.add_axes((left, body_bottom, 0.95 - left, top - 0.1 * inch - body_bottom))
+        _task_bars(ax, rows, total)
         _save(fig, path)
     return Path(path)
+
+
+def _task_rows(train: dict, clusters: list[str], colors: dict) -> list[tuple[str, int, tuple]]:
+    """(label, rows, colour) of the TOP_TASKS largest tasks, by cluster, then one bar for the rest."""
+    top = set(sorted(train, key=lambda n: (-train[n]["rows"], n))[:TOP_TASKS])
+    rows = [(f"{n}  ({c})", train[n]["rows"], colors[c]) for c in clusters
+            for n in sorted((n for n in top if train[n]["cluster"] == c), key=lambda n: (-train[n]["rows"], n))]
+    rest = [n for n in train if n not in top]
+    if rest:
+        rows.append((f"{len(rest)} other tasks", sum(train[n]["rows"] for n in rest), (0.6, 0.6, 0.6, 1.0)))
+    return rows
+
+
+def _share_bar(fig, at: tuple[float, float], inch: float, label: str, parts: list[tuple[str, int, tuple]],
+               total: int, ncol: int) -> float:
+    """One 100% bar of shares with its legend below, its top left corner ``at``; returns the height left
+    for what follows."""
+    (left_edge, top), bar_h = at, 0.4 * inch
+    ax = fig.add_axes((left_edge, top - bar_h, 0.95 - left_edge, bar_h))
+    left = 0.0
+    for name, n, color in parts:
+        share = n / total
+        ax.barh(0, share, left=left, color=color, edgecolor="white", height=1.0, label=f"{name} {share:.1%}")
+        if share >= 0.12:
+            ax.text(left + share / 2, 0, f"{share:.0%}", ha="center", va="center", fontsize=8)
+        left += share
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.5, 0.5)
+    ax.set_yticks([0], [label])
+    ax.set_xticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.legend(loc="upper left", bbox_to_anchor=(0, -0.1), ncol=ncol, fontsize=8, frameon=False, handlelength=1.0,
+              columnspacing=1.2)
+    return top - bar_h - (0.3 + 0.22 * -(-len(parts) // ncol)) * inch
+
+
+def _task_bars(ax, rows: list[tuple[str, int, tuple]], total: int) -> None:
+    y = np.arange(len(rows))
+    values = [r for _, r, _ in rows]
+    ax.barh(y, values, color=[c for _, _, c in rows], height=0.75)
+    ax.set_yticks(y, [label for label, _, _ in rows], fontsize=8)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    xmax = max(values, default=1) or 1
+    ax.set_xlim(0, xmax * 1.22)
+    for yi, v in zip(y, values):
+        ax.text(v + xmax * 0.01, yi, f"{v:,}  {v / total:.1%}", va="center", fontsize=7)
+    ax.set_xlabel("rows in train", fontsize=9)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
 
 
 def _log_bins(lo: int, hi: int, n: int = 40) -> np.ndarray:

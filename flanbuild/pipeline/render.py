@@ -46,6 +46,27 @@ OUTPUT_SCHEMA = pa.schema([
     ("few_shot_ids", pa.list_(pa.string())),
     ("option_style", pa.string()),
 ])
+# What each column means: the one description the dataset card and README.md are generated from.
+COLUMN_DOCS = {
+    "inputs": "the rendered instruction (the model's input)",
+    "targets": "the answer (the model's output)",
+    "task_source": "the submixture the row comes from (`flan2021`, `t0`, `niv2`, `cot`, `dialog`)",
+    "task_name": "the task (one dataset, or one part of one)",
+    "template_type": "`zs_opt` / `zs_noopt`: zero-shot with / without the answer options shown; "
+                     "`fs_opt` / `fs_noopt`: few-shot",
+    "cluster": "the task cluster (FLAN's grouping; clusters are held out whole)",
+    "template_id": "which template of the task rendered the row",
+    "template_name": "the template's name: promptsource's own for P3 rows, `<task>_<id>` for flanbuild's "
+                     "(e.g. `glue_sst2_4`)",
+    "options": "answer options of a classification row (the target is one of them); empty for generation rows, "
+               "inverted templates included",
+    "example_id": "`<task>/<source split>/<row index>` of the source example",
+    "references": "all acceptable targets (e.g. every NQ answer); the first is `targets`",
+    "few_shot_ids": "`example_id`s of the exemplars in a few-shot row; empty for zero-shot rows",
+    "option_style": "the options layout, `<header>|<items>|<ending>` (FLAN's: `OPTIONS:|dash|-`), or "
+                    "`promptsource` for P3 rows; empty when no options are shown",
+}
+assert list(COLUMN_DOCS) == OUTPUT_SCHEMA.names, "every output column is documented, in schema order"
 PART_BATCH_ROWS = 4096
 MAX_OUTPUT_CHARS = 1_000_000  # one rendered input or target; larger means a runaway template
 
