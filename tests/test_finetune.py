@@ -26,7 +26,7 @@ if str(REPO) not in sys.path:
 
 from flanbuild.errors import FlanbuildError  # noqa: E402
 from flanbuild.finetune import evaluate, finetune  # noqa: E402
-from flanbuild.finetune.cli import main as cli_main  # noqa: E402
+from flanbuild.cli.main import main as cli_main  # noqa: E402 - the shipped entry point
 from flanbuild.finetune.modeling import CAUSAL, SEQ2SEQ, Codec, build_preset, preset_kind  # noqa: E402
 from flanbuild.finetune.scoring import greedy_generate, score_continuations  # noqa: E402
 

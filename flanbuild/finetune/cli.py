@@ -28,6 +28,8 @@ def _fail_fast_offline(model: str) -> None:
 
     if model in PRESETS or model in PRETRAINED_PRESETS or Path(model).expanduser().exists():
         return
+    if model.startswith((".", "/", "~")) or (model.startswith(("tiny-", "smollm")) and "/" not in model):
+        return  # a misspelt preset or a missing directory: the model check's error helps more than "offline"
     from flanbuild.sources import offline
 
     offline.require_local(model, "model")
@@ -232,11 +234,4 @@ def evaluate_handler(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m flanbuild.finetune ARGS`` = ``flanbuild ARGS`` (the main CLI prints user errors)."""
-    from flanbuild.cli.main import main as flanbuild_main
-
-    return flanbuild_main(argv)
-
-
-__all__ = ["add_parsers", "compare_handler", "evaluate_handler", "finetune_handler", "main"]
+__all__ = ["add_parsers", "compare_handler", "evaluate_handler", "finetune_handler"]

@@ -1,7 +1,0 @@
-"""``python -m flanbuild.finetune {finetune,evaluate} ...``"""
-
-import sys
-
-from flanbuild.finetune.cli import main
-
-sys.exit(main())
