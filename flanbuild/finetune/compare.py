@@ -38,12 +38,12 @@ class CompareConfig:
     out: str = "out/experiment"
     settings: tuple[str, ...] = DEFAULT_SETTINGS
     shots: int = 2
-    max_examples: int | None = 4  # per held-out task
+    max_examples: int | None = 2  # per held-out task (every template of each)
     tasks: tuple[str, ...] | None = None
-    max_steps: int = 20
+    max_steps: int = 10
     max_rows: int | None = None
     batch_size: int = 4
-    max_input_len: int = 256
+    max_input_len: int = 192
     max_target_len: int = 32
     max_new_tokens: int | None = 32
     scoring: str = "flan"
@@ -149,7 +149,7 @@ def plot(results: dict, path: Path) -> None:
 
     settings = list(results["settings"])
     clusters = list(results["settings"][settings[0]]["clusters"])
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(settings) * max(1, len(clusters))), 4))
+    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(settings) * max(1, len(clusters))), 4))
     width = 0.8 / len(settings)
     for j, s in enumerate(settings):
         cs = results["settings"][s]["clusters"]
@@ -159,8 +159,10 @@ def plot(results: dict, path: Path) -> None:
         ax.bar(xs, best, width, color=f"C{j}", alpha=0.35)
         ax.bar(xs, mean, width, color=f"C{j}", label=s)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(clusters))], clusters)
-    ax.set_ylabel("score (%): mean over templates (solid), best template (light)")
-    ax.set_title(f"{results['model']}: held-out {', '.join(clusters)}")
+    ax.set_ylabel("score (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{results['model']} on held-out {', '.join(clusters)}: mean over templates (solid), "
+                 "best template (light)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
