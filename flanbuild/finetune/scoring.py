@@ -304,14 +304,10 @@ def _ungrouped(model, codec, groups, batch_size, progress) -> list[list[float]]:
     return out
 
 
-@torch.inference_mode()
-def greedy_generate(model, codec: Codec, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 16,
-                    progress=None) -> list[str]:
-    """Greedy decoding of every prompt; returns the decoded continuations (special tokens dropped)."""
+def _generation_config(model, codec: Codec, max_new_tokens: int):
+    """Greedy decoding that stops at the tokenizer's EOS or any EOS the model's generation config names."""
     from transformers import GenerationConfig
 
-    model.eval()
-    dev = _device(model)
     tok = codec.tokenizer
     eos = [tok.eos_token_id]
     mg = getattr(model, "generation_config", None)
@@ -327,6 +323,17 @@ def greedy_generate(model, codec: Codec, prompts: list[list[int]], max_new_token
         bos_token_id=getattr(model.config, "bos_token_id", None),
         decoder_start_token_id=getattr(model.config, "decoder_start_token_id", None) if codec.kind == SEQ2SEQ else None,
     )
+    return gc, eos
+
+
+@torch.inference_mode()
+def greedy_generate(model, codec: Codec, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 16,
+                    progress=None) -> list[str]:
+    """Greedy decoding of every prompt; returns the decoded continuations (special tokens dropped)."""
+    model.eval()
+    dev = _device(model)
+    tok = codec.tokenizer
+    gc, eos = _generation_config(model, codec, max_new_tokens)
     n = len(prompts)
     order = sorted(range(n), key=lambda i: -len(prompts[i]))
     out = [""] * n
