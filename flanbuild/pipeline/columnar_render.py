@@ -319,7 +319,7 @@ class Plan:
         """Output tables, one per source batch, in the row path's order; ``stats`` updated like it."""
         indices = np.asarray(indices, dtype=np.int64)
         position = 0
-        for chunk, offset, batch in _selected(data, indices):
+        for chunk, offset, batch in data.selected_batches(indices):
             if self.declined >= MAX_DECLINED:  # this split's data is not for the columnar path: stop trying
                 table = self.render_rows(batch, chunk, offset, position, stats)
             else:
@@ -486,20 +486,6 @@ def _count(table: pa.Table, stats, dropped: int) -> None:
         for at in np.argsort(first, kind="stable"):
             key = names[int(uniq[at])]
             target[key] = target.get(key, 0) + int(counts[at])
-
-
-def _selected(data, indices: np.ndarray) -> Iterator[tuple[np.ndarray, int, pa.RecordBatch]]:
-    """The rows at sorted ``indices`` (duplicates allowed) as Arrow batches: (indices, batch offset, batch),
-    read like ``SplitData.rows`` (which turns the same batches into dicts)."""
-    if len(indices) == 0:
-        return
-    for offset, batch in data._batches_from(int(indices[0]), BATCH_ROWS):
-        lo, hi = np.searchsorted(indices, [offset, offset + batch.num_rows])
-        if hi > lo:
-            chunk = indices[lo:hi]
-            yield chunk, offset, batch.take(pa.array(chunk - offset))
-        if hi >= len(indices):
-            return
 
 
 def plan(job, templates: list[Template], options: list[str] | None, decisions: Mapping[str, Any] | None,

@@ -31,7 +31,7 @@ class ShippedRows(SplitData):
     def num_rows(self) -> int:
         return self.source_rows
 
-    def rows(self, indices: np.ndarray, batch_rows: int = BATCH_ROWS):
+    def selected_batches(self, indices: np.ndarray, batch_rows: int = BATCH_ROWS):
         """The rows at sorted ``indices`` (duplicates allowed), which must be among the shipped ones."""
         indices = np.asarray(indices, dtype=np.int64)
         if len(indices) == 0:
@@ -41,7 +41,12 @@ class ShippedRows(SplitData):
             raise FlanbuildError("a shard asked for source rows that were not shipped with it", where=self.origin)
         for a in range(0, len(indices), batch_rows):
             chunk = indices[a:a + batch_rows]
-            yield chunk, to_rows(self.table.take(pa.array(pos[a:a + batch_rows])), self.origin, int(chunk[0]))
+            rows = self.table.take(pa.array(pos[a:a + batch_rows])).combine_chunks()
+            yield chunk, int(chunk[0]), rows.to_batches()[0]  # one record batch, like the files give
+
+    def rows(self, indices: np.ndarray, batch_rows: int = BATCH_ROWS):
+        for chunk, offset, batch in self.selected_batches(indices, batch_rows):
+            yield chunk, to_rows(batch, self.origin, offset)
 
     def batches(self, batch_rows: int = BATCH_ROWS):
         raise FlanbuildError("shipped rows are a shard's rows only, not the whole split", where=self.origin)

@@ -124,6 +124,20 @@ class SplitData:
                         at += batch.num_rows
                 offset += n
 
+    def selected_batches(self, indices: np.ndarray, batch_rows: int = BATCH_ROWS
+                         ) -> Iterator[tuple[np.ndarray, int, pa.RecordBatch]]:
+        """The rows at sorted ``indices`` (duplicates allowed) as Arrow batches: (indices, offset of the
+        batch they were read from, rows); what ``rows`` turns into dicts, for columnar consumers."""
+        if len(indices) == 0:
+            return
+        for offset, batch in self._batches_from(int(indices[0]), batch_rows):
+            lo, hi = np.searchsorted(indices, [offset, offset + batch.num_rows])
+            if hi > lo:
+                chunk = indices[lo:hi]
+                yield chunk, offset, batch.take(pa.array(chunk - offset))
+            if hi >= len(indices):
+                return
+
     def rows(self, indices: np.ndarray, batch_rows: int = BATCH_ROWS) -> Iterator[tuple[np.ndarray, list[dict]]]:
         """The rows at sorted ``indices`` (duplicates allowed), streamed: yields (indices, row dicts)."""
         indices = np.asarray(indices, dtype=np.int64)
