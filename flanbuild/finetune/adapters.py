@@ -10,17 +10,16 @@
 * ``p-tuning``: virtual tokens produced by a small prompt encoder (Liu et al.).
 
 The run directory then holds ``adapter_config.json`` + ``adapter_model.safetensors`` (and the
-tokenizer), and ``flanbuild_finetune.json`` names the base model; :func:`load_adapter_run` loads the
+tokenizer), and ``flanbuild_finetune.json`` names the base model; :func:`flanbuild.finetune.modeling.load_adapter_run` loads the
 base model and applies the adapter, so ``evaluate --model RUN`` works the same for every run.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 from flanbuild.errors import FlanbuildError
-from flanbuild.finetune.config import PEFT_METHODS, RUN_META_FILE
+from flanbuild.finetune.config import PEFT_METHODS
 
 PROMPT_LEARNING = ("prompt-tuning", "prefix-tuning", "p-tuning")
 
@@ -60,32 +59,6 @@ def wrap(model, method: str, kind: str, **options):
 
 def trainable_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def load_adapter_run(run: str, *, dtype=None, log=None):
-    """(model, tokenizer, kind) of a run directory holding a peft adapter."""
-    import json
-
-    require_peft()
-    from peft import PeftConfig, PeftModel
-    from transformers import AutoTokenizer
-
-    from flanbuild.finetune.modeling import fix_special_tokens, load_model
-
-    path = Path(run).expanduser()
-    meta_file = path / RUN_META_FILE
-    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
-    base = meta.get("base_model") or PeftConfig.from_pretrained(str(path)).base_model_name_or_path
-    if not base:
-        raise FlanbuildError(f"{path}: adapter run without a base model name")
-    model, tok, kind = load_model(base, dtype=dtype, log=log)
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError):
-        pass  # the base model's tokenizer
-    model = PeftModel.from_pretrained(model, str(path), is_trainable=False)
-    fix_special_tokens(model, tok)
-    return model, tok, kind
 
 
 def is_prompt_learning(model) -> bool:

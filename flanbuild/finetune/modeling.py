@@ -175,12 +175,34 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def load_adapter_run(run: str, *, dtype=None, log=None):
+    """(model, tokenizer, kind) of a run directory holding a peft adapter."""
+    from flanbuild.finetune.adapters import require_peft
+
+    require_peft()
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoTokenizer
+
+    path = Path(run).expanduser()
+    meta_file = path / RUN_META_FILE
+    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+    base = meta.get("base_model") or PeftConfig.from_pretrained(str(path)).base_model_name_or_path
+    if not base:
+        raise FlanbuildError(f"{path}: adapter run without a base model name")
+    model, tok, kind = load_model(base, dtype=dtype, log=log)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError):
+        pass  # the base model's tokenizer
+    model = PeftModel.from_pretrained(model, str(path), is_trainable=False)
+    fix_special_tokens(model, tok)
+    return model, tok, kind
+
+
 def load_model(name: str, *, dtype=None, log=None):
     """(model, tokenizer, kind) from a pretrained preset, a local directory (a run with a peft
     adapter included: its base model is loaded and the adapter applied) or a hub id."""
     if is_adapter_dir(name):
-        from flanbuild.finetune.adapters import load_adapter_run
-
         return load_adapter_run(name, dtype=dtype, log=log)
     path = resolve_model_path(name, log)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
