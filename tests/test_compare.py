@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_finetune import _texts, cls_rows, gen_rows, write_mixture  # noqa: E402
 
 from flanbuild.errors import FlanbuildError  # noqa: E402
-from flanbuild.finetune.cli import main as cli_main  # noqa: E402
+from flanbuild.cli.main import main as cli_main  # noqa: E402 - the shipped entry point
 from flanbuild.finetune.compare import CompareConfig, run_compare  # noqa: E402
 from flanbuild.finetune.modeling import build_preset  # noqa: E402
 

@@ -50,8 +50,10 @@ def _write(root: Path, split: str, rows: list[dict], shards: int = 1, schema=SCH
 
 def test_import_does_not_pull_torch_or_transformers():
     code = ("import sys; import flanbuild.finetune, flanbuild.finetune.cli, flanbuild.finetune.data, "
-            "flanbuild.finetune.metrics, flanbuild.finetune.config; "
-            "bad = [m for m in ('torch', 'transformers', 'datasets', 'rouge_score') if m in sys.modules]; "
+            "flanbuild.finetune.metrics, flanbuild.finetune.config, flanbuild.finetune.pretrained, "
+            "flanbuild.finetune.adapters, flanbuild.finetune.compare, flanbuild.finetune.fewshot, "
+            "flanbuild.finetune.cot, flanbuild.finetune.progress; "
+            "bad = [m for m in ('torch', 'transformers', 'datasets', 'rouge_score', 'peft', 'sacrebleu', 'gguf') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
