@@ -65,7 +65,13 @@ def split_files(data: str | Path, split: str) -> list[Path]:
     folder = _data_dir(data)
     if not split or not _SPLIT_RE.match(split):
         raise FlanbuildError(f"bad split name {split!r} (expected e.g. 'train' or 'eval')")
-    files = sorted(folder.glob(f"{split}-*-of-*.parquet"))
+    manifest = load_build_manifest(data) if (Path(data).expanduser() / "mixture.json").is_file() else None
+    if manifest is not None:  # a flanbuild output: the shards its manifest lists (checked to exist)
+        from flanbuild.output.manifest import split_files as manifest_split_files
+
+        files = manifest_split_files(Path(data).expanduser(), manifest, split)
+    else:
+        files = sorted(folder.glob(f"{split}-*-of-*.parquet"))
     if not files and (folder / f"{split}.parquet").is_file():
         files = [folder / f"{split}.parquet"]
     if not files:
@@ -144,8 +150,12 @@ def read_split(data: str | Path, split: str, columns: tuple[str, ...] | None = N
 
 
 def fingerprint(data: str | Path) -> str | None:
-    """The ``fingerprint`` of OUT/mixture.json, or None when there is no mixture.json."""
+    """The build's fingerprint (from its manifest); for other Parquet folders the ``fingerprint`` key of a
+    ``mixture.json`` next to the data, or None."""
     root = Path(data).expanduser()
+    manifest = load_build_manifest(root)
+    if manifest is not None:
+        return _field(manifest, "fingerprint")
     for cand in (root / "mixture.json", root.parent / "mixture.json"):
         if cand.is_file():
             try:
