@@ -25,6 +25,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from flanbuild.errors import FlanbuildError
+from flanbuild.pipeline.writer import sha256_file
 from flanbuild.pipeline.render import RenderJob, RenderStats, write_part
 from flanbuild.sources.loader import SplitData
 
@@ -154,7 +155,7 @@ def _verified_entry(cached: Path, meta: Path, key: str) -> RenderStats | None:
         doc = json.loads(meta.read_text(encoding="utf-8"))
         if not isinstance(doc, dict) or doc.get("key") != key or not isinstance(doc.get("sha256"), str):
             return None
-        if _sha256(cached) != doc["sha256"]:
+        if sha256_file(cached) != doc["sha256"]:
             return None
         raw = doc.get("stats")
         stats = RenderStats(rows=raw["rows"], dropped=raw["dropped"],
@@ -170,14 +171,6 @@ def _verified_entry(cached: Path, meta: Path, key: str) -> RenderStats | None:
         return None
     except Exception:  # noqa: BLE001 - pyarrow's errors on a damaged file: not trustworthy
         return None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def run_shard(shard: Shard) -> ShardResult:
@@ -207,7 +200,7 @@ def _store(part: Path, stats: RenderStats, directory: Path, key: str) -> None:
         shutil.copyfile(part, tmp)
         os.replace(tmp, directory / f"{key}.parquet")
         meta_tmp = directory / f".{key}.{os.getpid()}.json.tmp"
-        meta_tmp.write_text(json.dumps({"key": key, "sha256": _sha256(directory / f"{key}.parquet"),
+        meta_tmp.write_text(json.dumps({"key": key, "sha256": sha256_file(directory / f"{key}.parquet"),
                                         "stats": asdict(stats)}))
         os.replace(meta_tmp, directory / f"{key}.json")
     except OSError:

@@ -140,28 +140,12 @@ class SplitData:
 
     def rows(self, indices: np.ndarray, batch_rows: int = BATCH_ROWS) -> Iterator[tuple[np.ndarray, list[dict]]]:
         """The rows at sorted ``indices`` (duplicates allowed), streamed: yields (indices, row dicts)."""
-        indices = np.asarray(indices, dtype=np.int64)
-        if len(indices) == 0:
-            return
-        for offset, batch in self._batches_from(int(indices[0]), batch_rows):
-            lo, hi = np.searchsorted(indices, [offset, offset + batch.num_rows])
-            if hi > lo:
-                chunk = indices[lo:hi]
-                yield chunk, to_rows(batch.take(pa.array(chunk - offset)), self.origin, offset)
-            if hi >= len(indices):
-                return
+        for chunk, offset, batch in self.selected_batches(np.asarray(indices, dtype=np.int64), batch_rows):
+            yield chunk, to_rows(batch, self.origin, offset)
 
     def take(self, indices: np.ndarray, batch_rows: int = BATCH_ROWS) -> pa.Table:
         """The rows at sorted, distinct ``indices`` as one Arrow table (no Python objects), read like rows()."""
-        indices = np.asarray(indices, dtype=np.int64)
-        pieces: list[pa.RecordBatch] = []
-        if len(indices):
-            for offset, batch in self._batches_from(int(indices[0]), batch_rows):
-                lo, hi = np.searchsorted(indices, [offset, offset + batch.num_rows])
-                if hi > lo:
-                    pieces.append(batch.take(pa.array(indices[lo:hi] - offset)))
-                if hi >= len(indices):
-                    break
+        pieces = [batch for _, _, batch in self.selected_batches(np.asarray(indices, dtype=np.int64), batch_rows)]
         if not pieces:
             return pa.table({})
         return pa.Table.from_batches(pieces)
