@@ -574,7 +574,12 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_no_worker_outlives_a_killed_build(sig, tmp_path):
+@pytest.mark.parametrize("engine", ["local", "dask"])
+def test_no_worker_outlives_a_killed_build(sig, engine, tmp_path):
+    """The process pool (fork server + 2 workers) or the local Dask cluster (2 worker processes) end with
+    the build, however it is killed."""
+    if engine == "dask":
+        pytest.importorskip("dask.distributed")
     cat = make_catalog(tmp_path / "cat")
     slow = "{% for i in range(60) %}{{ text|upper }}{% endfor %}"
     for name in ("r2_tr", "r2_ev"):
@@ -583,14 +588,16 @@ def test_no_worker_outlives_a_killed_build(sig, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "FLANBUILD_DATA_DIR": "", "PYTHONPATH": str(REPO)}
     args = build_args(cat, tmp_path / "out", "--no-cache", "--task-cap", "0", "--rate-cap", "0")
     args[args.index("--workers") + 1] = "2"
+    args += ["--engine", engine]
+    expected = 3 if engine == "local" else 2
     proc = subprocess.Popen([sys.executable, "-m", "flanbuild", *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, preexec_fn=_limits)
     workers: set[int] = set()
     deadline = time.monotonic() + 120
-    while len(workers) < 3 and proc.poll() is None and time.monotonic() < deadline:  # fork server + 2 workers
+    while len(workers) < expected and proc.poll() is None and time.monotonic() < deadline:
         workers |= _descendants(proc.pid)
         time.sleep(0.1)
-    assert len(workers) >= 3, "the pool never started"
+    assert len(workers) >= expected, "the workers never started"
     proc.send_signal(sig)
     proc.wait()
     deadline = time.monotonic() + 30  # a bound on waiting, not a speed assertion
