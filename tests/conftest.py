@@ -154,3 +154,24 @@ def read_split(out: Path, split: str):
 
     return pa.concat_tables(pq.read_table(p) for p in sorted((Path(out) / "data").glob(f"{split}-*.parquet")))
 
+
+def add_sst_like(catalog: Path, texts: list[str]) -> None:
+    """A small SST-like task (``sst_like``, hub id ``someone/toy_sst``) in a toy catalog: the card that
+    promptsource tests attach P3 templates to, with one template of ours and local rows."""
+    write(catalog / "tasks" / "sst_like.yaml", """
+        name: sst_like
+        cluster: toy_sent
+        source:
+          hub: someone/toy_sst
+          splits: {train: train}
+          files: {train: data/sst_like.jsonl}
+        features: {text: string, label: int64}
+        fields: {text: text}
+        type: classification
+        options: [negative, positive]
+        answer: label
+    """)
+    write(catalog / "templates" / "sst_like.yaml",
+          "task: sst_like\ntemplates:\n  - {id: 1, input: '{{text}} {{options_block}}', target: '{{answer}}'}\n")
+    write_jsonl(catalog / "data" / "sst_like.jsonl", [{"text": t, "label": i % 2} for i, t in enumerate(texts)])
+

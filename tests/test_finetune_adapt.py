@@ -21,6 +21,7 @@ if str(REPO) not in sys.path:
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_finetune import COLOURS, FAST, _texts, cls_rows, gen_rows, write_mixture  # noqa: E402
+from test_finetune import mixture, one_thread  # noqa: E402,F401 - the same fixtures (pytest finds them here)
 
 from flanbuild.errors import FlanbuildError  # noqa: E402
 from flanbuild.finetune import evaluate, finetune  # noqa: E402
@@ -33,20 +34,6 @@ from flanbuild.finetune.scoring import lm_eval_pair, requests, score_continuatio
 
 CHAT = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>\n{% endfor %}"
         "{% if add_generation_prompt %}<s>assistant: {% endif %}")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def mixture(tmp_path_factory) -> Path:
-    rows = cls_rows() + gen_rows()
-    return write_mixture(tmp_path_factory.mktemp("mix"), rows, rows)
 
 
 # ------------------------------------------------------------------------------------------------

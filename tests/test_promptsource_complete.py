@@ -16,7 +16,7 @@ from flanbuild.catalog.recipes import PromptStyle, Recipe, Submixture
 from flanbuild.catalog.registry import Registry
 from flanbuild.pipeline.mixer import MixConfig
 from flanbuild.sources import promptsource as ps
-from conftest import write, write_jsonl
+from conftest import add_sst_like, write, write_jsonl
 
 # Verified against promptsource 0.2.3's own Template.apply (jinja2 3.1.6) on the same rows:
 #   ['Words: the quick brown fox jumps', 'QUICK, BROWN, JUMPS'] and ['Sum 12 last 5 rest [3, 4]', 'high'].
@@ -177,21 +177,7 @@ answer: 'words[0]'
 ''')
     empty = "dataset: toy_sst\ntemplates:\n  z: !Template\n    id: z\n    jinja: '{{text}} ||| {{ missing_column }}'\n    name: empty_target\n"
     write(ps_dir / "toy_sst" / "templates.yaml", empty)
-    write(toy_catalog / "tasks" / "sst_like.yaml", """
-name: sst_like
-cluster: toy_sent
-source:
-  hub: someone/toy_sst
-  splits: {train: train}
-  files: {train: data/sst_like.jsonl}
-features: {text: string, label: int64}
-fields: {text: text}
-type: classification
-options: [negative, positive]
-answer: label
-""")
-    write(toy_catalog / "templates" / "sst_like.yaml", "task: sst_like\ntemplates:\n  - {id: 1, input: '{{text}} {{options_block}}', target: '{{answer}}'}\n")
-    write_jsonl(toy_catalog / "data" / "sst_like.jsonl", [{"text": f"film {i}", "label": i % 2} for i in range(20)])
+    add_sst_like(toy_catalog, [f"film {i}" for i in range(20)])
     registry = Registry()
     registry.load_catalog(toy_catalog)
     recipe = Recipe("t", submixtures=(Submixture("t0", source="promptsource", task_cap=0),
@@ -220,21 +206,7 @@ def test_few_shot_share_and_distinct_upsampling_for_p3_rows(toy_catalog, tmp_pat
         f"    jinja: 'Variant {n}: {{{{text}}}} ||| {{{{ answer_choices[label] }}}}'\n    name: v{n}\n" for n in range(3))
     ps_dir = tmp_path / "ps"
     write(ps_dir / "toy_sst" / "templates.yaml", three)
-    write(toy_catalog / "tasks" / "sst_like.yaml", """
-name: sst_like
-cluster: toy_sent
-source:
-  hub: someone/toy_sst
-  splits: {train: train}
-  files: {train: data/sst_like.jsonl}
-features: {text: string, label: int64}
-fields: {text: text}
-type: classification
-options: [negative, positive]
-answer: label
-""")
-    write(toy_catalog / "templates" / "sst_like.yaml", "task: sst_like\ntemplates:\n  - {id: 1, input: '{{text}} {{options_block}}', target: '{{answer}}'}\n")
-    write_jsonl(toy_catalog / "data" / "sst_like.jsonl", [{"text": f"film number {i}", "label": i % 2} for i in range(40)])
+    add_sst_like(toy_catalog, [f"film number {i}" for i in range(40)])
     registry = Registry()
     registry.load_catalog(toy_catalog)
     recipe = Recipe("t", submixtures=(Submixture("t0", source="promptsource", task_cap=0),),

@@ -11,11 +11,11 @@ import pytest
 from flanbuild.builder import BuildConfig, build
 from flanbuild.errors import FlanbuildError
 from flanbuild.pipeline.mixer import MixConfig
-from flanbuild.catalog.recipes import PromptStyle, Recipe, Submixture
+from flanbuild.catalog.recipes import Recipe, Submixture
 from flanbuild.sources.niv2 import load_niv2
 from flanbuild.sources.promptsource import PromptsourceTemplate, load_templates_yaml
 from flanbuild.catalog.registry import Registry
-from conftest import MIRROR, write, write_jsonl
+from conftest import MIRROR, add_sst_like, write
 
 NIV2 = MIRROR.parent / "niv2"
 
@@ -134,21 +134,7 @@ def test_promptsource_sandbox_refuses_internals(tmp_path):
 
 
 def test_promptsource_build(toy_catalog, tmp_path):
-    write(toy_catalog / "tasks" / "sst_like.yaml", """
-        name: sst_like
-        cluster: toy_sent
-        source:
-          hub: someone/toy_sst
-          splits: {train: train}
-          files: {train: data/sst_like.jsonl}
-        features: {text: string, label: int64}
-        fields: {text: text}
-        type: classification
-        options: [negative, positive]
-        answer: label
-    """)
-    write(toy_catalog / "templates" / "sst_like.yaml", "task: sst_like\ntemplates:\n  - {id: 1, input: '{{text}} {{options_block}}', target: '{{answer}}'}\n")
-    write_jsonl(toy_catalog / "data" / "sst_like.jsonl", [{"text": f"film number {i} was ok", "label": i % 2} for i in range(60)])
+    add_sst_like(toy_catalog, [f"film number {i} was ok" for i in range(60)])
     ps_dir = tmp_path / "ps"
     write(ps_dir / "toy_sst" / "templates.yaml", PS_YAML)
     write(ps_dir / "unknown_ds" / "templates.yaml", PS_YAML.replace("dataset: toy_sst", "dataset: unknown_ds"))

@@ -19,7 +19,7 @@ import jinja2.parser
 from flanbuild.catalog import schema
 from flanbuild.errors import FlanbuildError
 from flanbuild.catalog.templates import CONTEXT_NAMES, Template
-from flanbuild.sandbox.environment import environment, parse_expression
+from flanbuild.sandbox.environment import parse_expression
 from flanbuild.catalog.untrusted import check_card_types
 from flanbuild.catalog.yamlio import LineDict, load_yaml, where
 

@@ -15,11 +15,10 @@ from pathlib import Path
 import jinja2
 import jinja2.meta
 import jinja2.sandbox
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from flanbuild.errors import FlanbuildError
 from flanbuild.catalog.yamlio import LineDict, load_yaml, where
-from flanbuild.sandbox.environment import check_limits, environment, parse, variables
+from flanbuild.sandbox.environment import check_limits, environment, variables
 
 #: Names the renderer supplies to every template, besides the task's fields.
 OPTIONS_BLOCK = "options_block"

@@ -11,17 +11,6 @@ def csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
-def weight(value: str) -> tuple[str, float]:
-    """``NAME=W`` -> (NAME, W)."""
-    name, sep, w = value.partition("=")
-    try:
-        if not sep:
-            raise ValueError
-        return name.strip(), float(w)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT, got {value!r}") from None
-
-
 def int_at_least(minimum: int) -> Callable[[str], int]:
     """An integer type with a lower bound (0 for counts and caps, 1 for sizes)."""
 
@@ -35,15 +24,6 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
         return n
 
     return parse
-
-
-def existing_dir(value: str) -> str:
-    """A directory that exists (``--data-dir /nonexistent`` is an error, not a silent miss)."""
-    import os
-
-    if not os.path.isdir(os.path.expanduser(value)):
-        raise argparse.ArgumentTypeError(f"directory {value} does not exist")
-    return value
 
 
 # -- bounded numbers (every number on the command line is checked: finite, in range) ---------------
@@ -85,7 +65,7 @@ def float_in(minimum: float, maximum: float, what: str = "a number") -> Callable
     return parse
 
 
-def bounded_weight(value: str) -> tuple[str, float]:
+def weight(value: str) -> tuple[str, float]:
     """``NAME=W`` with a non-empty NAME and a finite weight in (0, 1e6]."""
     import math
 

@@ -14,10 +14,8 @@ import sys
 from pathlib import Path
 
 from flanbuild.cli import argtypes
-from flanbuild.cli.argtypes import csv as _csv, int_at_least, weight as _weight
+from flanbuild.cli.argtypes import csv as _csv
 from flanbuild.errors import FlanbuildError
-
-_nonneg_int = int_at_least(0)
 
 
 def _data_dirs(args) -> list[Path]:
@@ -257,8 +255,8 @@ def add_parsers(sub, common, data) -> None:
     p.add_argument("--rate-cap", type=argtypes.count, help="mixing-rate cap, for every submixture (0 = none; "
                                                         "default: the recipe's, 3000 in flan2021)")
     p.add_argument("--temperature", type=argtypes.temperature, default=1.0, help="mixing temperature (default 1)")
-    p.add_argument("--task-weight", type=argtypes.bounded_weight, action="append", default=[], metavar="TASK=W")
-    p.add_argument("--cluster-weight", type=argtypes.bounded_weight, action="append", default=[], metavar="CLUSTER=W")
+    p.add_argument("--task-weight", type=argtypes.weight, action="append", default=[], metavar="TASK=W")
+    p.add_argument("--cluster-weight", type=argtypes.weight, action="append", default=[], metavar="CLUSTER=W")
     p.add_argument("--train-size", type=argtypes.positive_count, help="rows in train (default: sum of the capped rates)")
     p.add_argument("--max-epochs", type=argtypes.max_epochs, default=10.0,
                    help="a task repeats its rows at most this often (0 = no limit; default 10)")

@@ -79,7 +79,7 @@ def print_stats(data: dict, con) -> None:
         con.print(t)
 
 
-def _table(title: str, columns) -> "Table":
+def _table(title: str, columns):
     from rich.table import Table
 
     t = Table(title=title, title_justify="left", show_edge=False)

@@ -15,7 +15,6 @@ Nothing heavy is imported here beyond pyarrow and numpy; a tokenizer is loaded o
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -32,7 +32,6 @@ import functools
 import os
 import re
 import signal
-import string
 import threading
 import time
 import types
