@@ -182,7 +182,8 @@ def _make(config: BuildConfig, registry: Registry, out: Path, plan: Plan, cache_
     try:
         parts_dir = stage / ".parts"
         parts_dir.mkdir()
-        paths, stats, n_shards, cached = _render(jobs, selection.data, selection.roles, parts_dir, cache_dir, config, log)
+        paths, stats, n_shards, cached = _render(jobs, selection.data, selection.roles, parts_dir, cache_dir,
+                                                 plan.shard_keys, config, log)
         jobs = _drop_empty(jobs, stats, selection, log)
         decontaminated = _decontaminate(jobs, selection.data, paths, stats, config.recipe.decontaminate_ngram, log,
                                         plan.shard_keys, cache_dir)
@@ -410,14 +411,17 @@ def _describe(config: BuildConfig, sel: Selection, jobs: list[RenderJob],
 
 
 def _render(jobs: list[RenderJob], data: dict[str, SplitData], roles: dict[str, str], parts_dir: Path,
-            cache_dir: Path | None, config: BuildConfig, log: Progress):
-    """Shard the jobs, run them (or take them from the cache); returns per-task part paths and stats."""
+            cache_dir: Path | None, shard_keys: dict[str, list[str]], config: BuildConfig, log: Progress):
+    """Shard the jobs, run them (or take them from the cache); returns per-task part paths and stats.
+
+    ``shard_keys``: each task's cache keys, shard by shard, as the plan computed them (empty without a cache).
+    """
     shards: list[engine.Shard] = []
     owner: list[str] = []
     for job in jobs:
         for n, piece in enumerate(engine.split_job(job)):
             path = parts_dir / f"{job.task.name}.{job.role}.{n:05d}.parquet"
-            key = engine.cache_key(piece, data[job.task.name]) if cache_dir else ""
+            key = shard_keys[job.task.name][n] if cache_dir else ""
             shards.append(engine.Shard(piece, data[job.task.name], path, len(shards), key, cache_dir))
             owner.append(job.task.name)
     remaining = {name: owner.count(name) for name in set(owner)}
