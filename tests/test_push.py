@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -111,13 +110,12 @@ def test_push_unreachable_endpoint_is_one_line_error(built, monkeypatch, capsys)
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    t0 = time.perf_counter()
     code = main(["push", str(built), "me/x", "--endpoint", f"http://127.0.0.1:{port}", "--token", "hf_fake"])
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert code == 2 and lines[0].startswith("pushing ") and len(lines) == 2, err
     assert lines[1].startswith(f"flanbuild: error: cannot reach the Hub at http://127.0.0.1:{port}")
-    assert "hf_fake" not in err and time.perf_counter() - t0 < 30
+    assert "hf_fake" not in err
 
 
 def test_push_dry_run_lists_files(built, capsys):
