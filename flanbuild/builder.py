@@ -20,6 +20,7 @@ from flanbuild.pipeline import decontam
 from flanbuild.pipeline import decontam_cache
 from flanbuild.pipeline import engine
 from flanbuild.pipeline import mixer
+from flanbuild.pipeline import parts
 from flanbuild.pipeline import writer
 from flanbuild.pipeline import checks
 from flanbuild.output.card import write_card
@@ -185,15 +186,15 @@ def _make(config: BuildConfig, registry: Registry, out: Path, plan: Plan, cache_
         paths, stats, n_shards, cached = _render(jobs, selection.data, selection.roles, parts_dir, cache_dir,
                                                  plan.shard_keys, config, log)
         jobs = _drop_empty(jobs, stats, selection, log)
-        decontaminated = _decontaminate(jobs, selection.data, paths, stats, config.recipe.decontaminate_ngram, log,
-                                        plan.shard_keys, cache_dir)
+        decontaminated, dropped = _decontaminate(jobs, selection.data, paths, stats, config.recipe.decontaminate_ngram,
+                                                 log, plan.shard_keys, cache_dir)
         collector = StatsCollector(config.seed, config.recipe.prompt.tokenizer)
         log.stage("writing the splits", total=sum(s.rows for s in stats.values()))
 
         def observe(split: str, table) -> None:
             collector.add(split, table)
             log.stage_advance(table.num_rows)
-        files = _write_splits(stage, jobs, paths, stats, config, observe)
+        files = _write_splits(stage, jobs, paths, dropped, stats, config, observe)
         shutil.rmtree(parts_dir)
         manifest = _describe(config, selection, jobs, stats, plan.shares, decontaminated, files, plan.held,
                              plan.removed)
@@ -378,13 +379,15 @@ def _plan(config: BuildConfig, registry: Registry, sel: Selection) -> tuple[list
     return jobs, shares
 
 
-def _write_splits(stage: Path, jobs: list[RenderJob], paths: dict[str, list[Path]], stats: dict[str, RenderStats],
-                  config: BuildConfig, observe) -> list[writer.DataFile]:
-    """Stage 5: the rendered parts assembled into the train (interleaved) and eval split files."""
-    parts = {role: [writer.Part(j.task.name, tuple(paths[j.task.name]), stats[j.task.name].rows)
-                    for j in jobs if j.role == role] for role in writer.SPLITS}
+def _write_splits(stage: Path, jobs: list[RenderJob], paths: dict[str, list[Path]],
+                  dropped: dict[str, tuple[np.ndarray, ...]], stats: dict[str, RenderStats], config: BuildConfig,
+                  observe) -> list[writer.DataFile]:
+    """Stage 5: the rendered parts, less the dropped rows, assembled into the train (interleaved) and eval
+    split files."""
+    by_role = {role: [writer.Part(j.task.name, tuple(paths[j.task.name]), stats[j.task.name].rows,
+                                dropped.get(j.task.name, ())) for j in jobs if j.role == role] for role in writer.SPLITS}
     return [f for role in writer.SPLITS
-            for f in writer.write_split(stage, role, parts[role], interleave=role == "train", seed=config.seed,
+            for f in writer.write_split(stage, role, by_role[role], interleave=role == "train", seed=config.seed,
                                         shard_rows=config.shard_rows, observe=observe)]
 
 
@@ -420,7 +423,7 @@ def _render(jobs: list[RenderJob], data: dict[str, SplitData], roles: dict[str, 
     owner: list[str] = []
     for job in jobs:
         for n, piece in enumerate(engine.split_job(job)):
-            path = parts_dir / f"{job.task.name}.{job.role}.{n:05d}.parquet"
+            path = parts_dir / f"{job.task.name}.{job.role}.{n:05d}{parts.SUFFIX}"
             key = shard_keys[job.task.name][n] if cache_dir else ""
             shards.append(engine.Shard(piece, data[job.task.name], path, len(shards), key, cache_dir))
             owner.append(job.task.name)
@@ -465,8 +468,10 @@ def _drop_empty(jobs: list[RenderJob], stats: dict[str, RenderStats], sel: Selec
 
 def _decontaminate(jobs: list[RenderJob], data: dict[str, SplitData], paths: dict[str, list[Path]],
                    stats: dict[str, RenderStats], ngram: int, log: Progress,
-                   shard_keys: dict[str, list[str]] | None = None, cache_dir: Path | None = None) -> dict[str, int]:
-    """Remove train rows that overlap eval from the rendered parts; returns removals per task.
+                   shard_keys: dict[str, list[str]] | None = None,
+                   cache_dir: Path | None = None) -> tuple[dict[str, int], dict[str, tuple[np.ndarray, ...]]]:
+    """Find the train rows that overlap eval; returns removals per task and, per task, the row positions
+    of each part the writer leaves out (the parts themselves are not touched).
 
     With shard keys and a cache, each task's outcome is cached (pipeline/decontam_cache.py): a task
     whose parts and the eval side are unchanged re-applies it, and the eval index is built only if some
@@ -481,20 +486,20 @@ def _decontaminate(jobs: list[RenderJob], data: dict[str, SplitData], paths: dic
     eval_key = decontam_cache.eval_key((k for j in eval_jobs for k in keys[j.task.name]), ngram) if keys else ""
     index = None
     removed: dict[str, int] = {}
+    dropped: dict[str, tuple[np.ndarray, ...]] = {}
     for job in train_jobs:
         log.stage_advance(1)
         task_key = decontam_cache.task_key(eval_key, keys[job.task.name]) if keys else ""
-        outcome = cache.task(task_key) if keys else None
-        result = decontam_cache.apply_cached(paths[job.task.name], outcome) if outcome is not None else None
+        cached = cache.task(task_key) if keys else None
+        result = decontam_cache.apply_cached(paths[job.task.name], cached) if cached is not None else None
         if result is None:
             index = index if index is not None else _eval_index(eval_jobs, data, paths, ngram, cache, eval_key)
             if index.empty:
                 continue
-            kept, gone, outcome = decontam_cache.filter_task(paths[job.task.name], index)
+            result, to_cache = decontam_cache.filter_task(paths[job.task.name], index)
             if keys:
-                cache.store_task(task_key, outcome)
-            result = (kept, gone)
-        kept, gone = result
+                cache.store_task(task_key, to_cache)
+        kept, gone, dropped[job.task.name] = result
         if gone:
             st = stats[job.task.name]
             removed[job.task.name] = sum(gone.values())
@@ -503,7 +508,7 @@ def _decontaminate(jobs: list[RenderJob], data: dict[str, SplitData], paths: dic
                 st.per_template[template_id] -= n
                 st.per_type[template_type] -= n
             log(f"decontaminated {job.task.name}: removed {removed[job.task.name]} train rows that overlap eval")
-    return removed
+    return removed, dropped
 
 
 def _eval_index(eval_jobs: list[RenderJob], data: dict[str, SplitData], paths: dict[str, list[Path]], ngram: int,
@@ -574,6 +579,10 @@ def _eval_texts(eval_jobs: list[RenderJob], data: dict[str, SplitData]):
                     yield from (v for k, v in example.context.items() if isinstance(v, str) and k != "answer")
 
 
+def _distinct(sorted_indices: np.ndarray) -> int:
+    return int(len(sorted_indices) and 1 + np.count_nonzero(np.diff(sorted_indices)))
+
+
 def _task_entry(job: RenderJob, split: SplitData, stats: RenderStats, share: mixer.TaskShare | None,
                 decontaminated: int) -> TaskRecord:
     task: Task = job.task
@@ -586,7 +595,7 @@ def _task_entry(job: RenderJob, split: SplitData, stats: RenderStats, share: mix
         "metric": task.metric,
         "templates": len(task.templates),
         "inverted_templates": sorted(t.id for t in task.templates if t.inverted),
-        "examples": int(len(np.unique(job.indices))),
+        "examples": _distinct(job.indices),
         "rows": stats.rows,
         "dropped": stats.dropped,
         "decontaminated": decontaminated,

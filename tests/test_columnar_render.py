@@ -1,4 +1,8 @@
-"""Columnar rendering (pipeline/columnar_render.py) against the row path: the same part file, byte for byte.
+"""Columnar rendering (pipeline/columnar_render.py) against the row path: the same part, byte for byte.
+
+Parts are Arrow IPC files, whose bytes also record how buffers happen to be laid out (a sliced array's
+offsets, a validity bitmap with no null in it); what reaches the published split is their content and
+batch boundaries, so the parts are compared as the Parquet bytes they encode to, batch by batch.
 
 Every catalog task whose card goes columnar is rendered both ways (train with both option variants and
 repeated rows, eval with every template) on synthetic rows with odd strings and on real mirror rows where
@@ -14,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from flanbuild.catalog.recipes import PromptStyle
@@ -21,6 +26,7 @@ from flanbuild.catalog.registry import default_registry
 from flanbuild.catalog.tasks import Task
 from flanbuild.errors import FlanbuildError
 from flanbuild.pipeline import columnar_render
+from flanbuild.pipeline import parts
 from flanbuild.pipeline.render import RenderJob, write_part
 from flanbuild.sources.loader import SplitData, load_split
 
@@ -67,8 +73,16 @@ def _both(tmp_path: Path, job: RenderJob, data: SplitData):
         except FlanbuildError as e:
             out.append(("error", str(e)))
             continue
-        out.append((path.read_bytes(), stats))
+        out.append((_parquet_bytes(path), stats))
     return out
+
+
+def _parquet_bytes(part: Path) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pq.ParquetWriter(sink, parts.schema(part), compression="zstd") as w:
+        for batch in parts.batches(part):
+            w.write_batch(batch)
+    return sink.getvalue().to_pybytes()
 
 
 def _jobs(task: Task, indices: np.ndarray):
@@ -190,5 +204,5 @@ def test_the_columnar_path_is_taken(tmp_path, monkeypatch):
             if f == "string":
                 table = table.set_column(table.column_names.index(col), col, pa.array([f"text {i}" for i in range(200)]))
         write_part(RenderJob(task, "train", np.arange(200), 1, "m"), SplitData("s", task.features, table=table),
-                   tmp_path / "p.parquet")
+                   tmp_path / "p.arrow")
     assert len(plans) == 4 and all(p.declined == 0 for p in plans)

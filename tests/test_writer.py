@@ -3,18 +3,34 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flanbuild.pipeline import writer
+from flanbuild.pipeline import parts, writer
 from flanbuild.errors import FlanbuildError
 from flanbuild.pipeline.render import OUTPUT_SCHEMA
 
 
-def make_part(tmp_path, task, n):
+def make_part(tmp_path, task, n, batch=1000, dropped=()):
     rows = [{"inputs": f"{task} {i}", "targets": "t", "task_source": "m", "task_name": task, "template_type": "zs_noopt",
              "cluster": "c", "template_id": 1, "options": [], "example_id": f"{task}/train/{i}", "references": ["t"]}
             for i in range(n)]
-    path = tmp_path / f"{task}.parquet"
-    pq.write_table(pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA), path)
-    return writer.Part(task, (path,), n)
+    path = tmp_path / f"{task}{parts.SUFFIX}"
+    table = pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
+    with parts.PartWriter(path, OUTPUT_SCHEMA) as w:
+        for start in range(0, n, batch):
+            w.write_table(table.slice(start, batch))
+    drop = (np.asarray(sorted(dropped), dtype=np.int64),) if dropped else ()
+    return writer.Part(task, (path,), n - len(dropped), drop)
+
+
+def test_dropped_rows_are_left_out_across_batches(tmp_path):
+    """Decontamination marks rows; the writer skips exactly those, wherever the part's batches break."""
+    dropped = {0, 299, 300, 301, 999, 4000, 9999}
+    part = make_part(tmp_path, "a", 10_000, batch=300, dropped=dropped)
+    for interleave in (True, False):
+        files = writer.write_split(tmp_path / f"out{interleave}", "train", [part], interleave=interleave, seed=0,
+                                   shard_rows=4000)
+        table = pa.concat_tables(pq.read_table(tmp_path / f"out{interleave}" / f.path) for f in files)
+        ids = [int(e.rsplit("/", 1)[1]) for e in table.column("example_id").to_pylist()]
+        assert ids == [i for i in range(10_000) if i not in dropped]
 
 
 def test_interleave_keeps_each_task_in_order_and_spreads_them(tmp_path):

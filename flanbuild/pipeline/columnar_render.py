@@ -547,7 +547,7 @@ def _variants(task: Task, templates: list[Template], options: list[str] | None, 
 
 
 class PartBatcher:
-    """Writes output tables to a Parquet writer in the row path's row groups (``rows`` rows each)."""
+    """Writes output tables to a part writer in the row path's batches (``rows`` rows each)."""
 
     def __init__(self, writer, rows: int):
         self.writer, self.rows = writer, rows

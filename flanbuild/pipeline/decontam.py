@@ -10,14 +10,15 @@ Removals are counted per task.
 from __future__ import annotations
 
 import re
-from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+
+from flanbuild.pipeline import parts
 
 _FOLD = re.compile(r"[\W_]+", re.UNICODE)
 
@@ -34,9 +35,13 @@ def ngram_keys(text: str, n: int) -> set[int]:
 
 def normalise_array(texts: pa.Array) -> pa.Array:
     """``normalise`` for a whole Arrow column at once (RE2 in C++): lower-case, runs of anything but
-    letters and digits folded to one space, trimmed."""
+    letters and digits folded to one space, trimmed. (Python's and utf8proc's case mappings differ on
+    a few letters, e.g. 'İ' and final sigma; exact matching uses this function on both sides.)"""
     folded = pc.replace_substring_regex(pc.utf8_lower(texts), pattern=r"[^\p{L}\p{N}]+", replacement=" ")
     return pc.utf8_trim_whitespace(folded)
+
+
+AFFIX_CHARS = (64, 24, 8)  # raw prefix/suffix lengths tried when looking for what a group of rows shares
 
 
 @dataclass
@@ -46,6 +51,8 @@ class EvalIndex:
     inputs: pa.Array  # distinct normalised eval inputs
     ngrams: set[int]
     n: int
+    _affixes: dict = field(default_factory=dict, repr=False)  # (kind, normalised affix) -> can an eval input have it
+    _normalised: dict = field(default_factory=dict, repr=False)  # raw affix -> normalised (one regex call each)
 
     @classmethod
     def build(cls, eval_inputs: Iterable[pa.Array], eval_texts: Iterable[str], n: int) -> "EvalIndex":
@@ -61,42 +68,52 @@ class EvalIndex:
     def empty(self) -> bool:
         return len(self.inputs) == 0 and not self.ngrams
 
-    def keep_mask(self, inputs: pa.Array) -> pa.Array:
-        """True for the rows of a batch that may stay in train."""
-        keep = pc.invert(pc.is_in(normalise_array(inputs), value_set=self.inputs))
+    def keep_mask(self, inputs: pa.Array, groups: pa.Array | None = None) -> pa.Array:
+        """True for the rows of a batch that may stay in train.
+
+        Rows are checked group by group (``groups``: one template's rows share a group id). A group
+        whose rows all begin, or all end, with the same raw text whose normalised form begins (ends)
+        no eval input cannot match one, whatever follows: such a group skips the regular expression
+        over every row, which is most of the cost of decontaminating (normalising is applied per
+        character and folds runs, so the normalised affix is an affix of every row's normalised text).
+        """
+        keep = np.ones(len(inputs), dtype=bool)
+        ids = groups.to_numpy(zero_copy_only=False) if groups is not None else np.zeros(len(inputs), dtype=np.int64)
+        for group in np.unique(ids):
+            rows = np.flatnonzero(ids == group)
+            texts = inputs if len(rows) == len(inputs) else inputs.take(pa.array(rows))
+            if self._may_match(texts):
+                keep[rows] = ~pc.is_in(normalise_array(texts), value_set=self.inputs).to_numpy(zero_copy_only=False)
         if self.n and self.ngrams:
             texts = inputs.to_pylist()
-            keep = pa.array([k and ngram_keys(t, self.n).isdisjoint(self.ngrams) for k, t in zip(keep.to_pylist(), texts)])
-        return keep
+            keep &= np.array([ngram_keys(t, self.n).isdisjoint(self.ngrams) for t in texts], dtype=bool)
+        return pa.array(keep)
 
+    def _may_match(self, texts: pa.Array) -> bool:
+        if len(self.inputs) == 0:
+            return False
+        first = texts[0].as_py()
+        for kind, test in (("prefix", pc.starts_with), ("suffix", pc.ends_with)):
+            for size in AFFIX_CHARS:  # the longest affix all rows share is the most telling
+                affix = first[:size] if kind == "prefix" else first[-size:]
+                if not pc.all(test(texts, pattern=affix)).as_py():
+                    continue
+                norm = self._normalised_affix(affix)
+                if norm and (kind, norm) not in self._affixes:
+                    self._affixes[kind, norm] = bool(pc.any(test(self.inputs, pattern=norm)).as_py())
+                if norm and not self._affixes[kind, norm]:
+                    return False
+                break  # a shorter affix is a weaker test: an eval input with this one has it too
+        return True
 
-def filter_part(path: Path, index: EvalIndex) -> tuple[int, Counter]:
-    """Rewrite a rendered train part without contaminated rows (streamed).
-
-    Returns the rows kept and the removed rows counted by (template id, template type), so that the
-    manifest's per-template numbers stay true after decontamination.
-    """
-    source = pq.ParquetFile(path)
-    tmp = path.with_suffix(".decontaminated")
-    kept, removed = 0, Counter()
-    with pq.ParquetWriter(tmp, source.schema_arrow, compression="zstd") as writer:
-        for batch in source.iter_batches(batch_size=8192):
-            mask = index.keep_mask(batch.column("inputs"))
-            n_kept = pc.sum(mask).as_py() or 0
-            kept += n_kept
-            if n_kept < batch.num_rows:
-                gone = pa.Table.from_batches([batch]).filter(pc.invert(mask))
-                removed.update(zip(gone.column("template_id").to_pylist(), gone.column("template_type").to_pylist()))
-            writer.write_table(pa.Table.from_batches([batch]).filter(mask))
-    if removed:
-        tmp.replace(path)
-    else:
-        tmp.unlink()
-    return kept, removed
+    def _normalised_affix(self, affix: str) -> str:
+        if affix not in self._normalised:
+            self._normalised[affix] = normalise_array(pa.array([affix], pa.string()))[0].as_py()
+        return self._normalised[affix]
 
 
 def eval_inputs(paths: Iterable[Path]) -> Iterable[pa.Array]:
     """The inputs column of rendered eval parts, batch by batch."""
     for path in paths:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=8192, columns=["inputs"]):
+        for batch in parts.batches(path, columns=["inputs"]):
             yield batch.column("inputs")

@@ -8,9 +8,8 @@ the eval split: after one template of a training task changed, only that task is
 normalised eval inputs (the expensive part of the index: a regular expression over every eval input)
 are cached under the eval key too; n-gram sets are not (they use Python's per-process string hash).
 
-Rewriting a part goes through one loop (:func:`rewrite`), whether the mask comes from the index or
-from the cache, with the same batches and writer settings as ``decontam.filter_part``: the bytes are
-the same either way.
+Decontamination never rewrites a part: it names the row positions to leave out, and the writer skips
+them (``writer.Part.dropped``), whether they come from the index or from the cache.
 """
 
 from __future__ import annotations
@@ -20,13 +19,13 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from flanbuild.pipeline import parts
 from flanbuild.pipeline.decontam import EvalIndex
 
 SCHEME = "decontam-v1"
@@ -47,35 +46,20 @@ def task_key(index_key: str, shard_keys: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def rewrite(path: Path, mask_of: Callable[[pa.RecordBatch, int], pa.Array]) -> tuple[int, Counter, list[int]]:
-    """Rewrite a part keeping the rows ``mask_of(batch, first_row)`` marks; returns (kept, removed rows
-    by (template id, template type), removed row positions). The file is replaced only if rows went."""
-    source = pq.ParquetFile(path)
-    tmp = path.with_suffix(".decontaminated")
+def _check_part(path: Path, index: EvalIndex) -> tuple[int, Counter, np.ndarray]:
+    """(rows kept, removed rows by (template id, template type), removed row positions) of one part."""
     kept, removed, positions, offset = 0, Counter(), [], 0
-    with pq.ParquetWriter(tmp, source.schema_arrow, compression="zstd") as writer:
-        for batch in source.iter_batches(batch_size=BATCH_ROWS):
-            mask = mask_of(batch, offset)
-            n_kept = pc.sum(mask).as_py() or 0
-            kept += n_kept
-            table = pa.Table.from_batches([batch])
-            if n_kept < batch.num_rows:
-                gone = table.filter(pc.invert(mask))
-                removed.update(zip(gone.column("template_id").to_pylist(), gone.column("template_type").to_pylist()))
-                positions.extend((offset + np.flatnonzero(~np.asarray(mask.to_numpy(zero_copy_only=False)))).tolist())
-            writer.write_table(table.filter(mask))
-            offset += batch.num_rows
-    if removed:
-        tmp.replace(path)
-    else:
-        tmp.unlink()
-    return kept, removed, positions
-
-
-def _positions_mask(positions: set[int]) -> Callable[[pa.RecordBatch, int], pa.Array]:
-    def mask_of(batch: pa.RecordBatch, offset: int) -> pa.Array:
-        return pa.array([offset + i not in positions for i in range(batch.num_rows)], pa.bool_())
-    return mask_of
+    for batch in parts.batches(path, columns=["inputs", "template_id", "template_type"]):
+        keep = index.keep_mask(batch.column("inputs"), batch.column("template_id")).to_numpy(zero_copy_only=False)
+        gone = np.flatnonzero(~keep)
+        if len(gone):
+            taken = pa.array(gone)
+            removed.update(zip(batch.column("template_id").take(taken).to_pylist(),
+                               batch.column("template_type").take(taken).to_pylist()))
+            positions.append(offset + gone)
+        kept += batch.num_rows - len(gone)
+        offset += batch.num_rows
+    return kept, removed, np.concatenate(positions) if positions else np.zeros(0, dtype=np.int64)
 
 
 class DecontamCache:
@@ -133,29 +117,30 @@ class DecontamCache:
         self._write(path, sink.getvalue().to_pybytes())
 
 
-def apply_cached(paths: list[Path], parts: list[dict]) -> tuple[int, Counter] | None:
-    """Re-apply a cached outcome to freshly linked parts; None if it does not fit them."""
-    if len(parts) != len(paths):
+Outcome = tuple[int, Counter, tuple[np.ndarray, ...]]  # rows kept, removed by template, dropped positions per part
+
+
+def apply_cached(paths: list[Path], cached: list[dict]) -> Outcome | None:
+    """A cached outcome for a task's freshly rendered or linked parts; None if it does not fit them."""
+    if len(cached) != len(paths):
         return None
-    kept_total, removed = 0, Counter()
-    for path, part in zip(paths, parts):  # checked first: a part is rewritten only if every part fits
-        if pq.ParquetFile(path).metadata.num_rows != part["kept"] + len(part["positions"]):
-            return None
-    for path, part in zip(paths, parts):
-        if part["positions"]:
-            rewrite(path, _positions_mask(set(part["positions"])))
-        kept_total += part["kept"]
+    if any(parts.num_rows(path) != part["kept"] + len(part["positions"]) for path, part in zip(paths, cached)):
+        return None
+    removed = Counter()
+    for part in cached:
         removed.update({(int(t), str(k)): int(n) for t, k, n in part["removed"]})
-    return kept_total, removed
+    dropped = tuple(np.asarray(part["positions"], dtype=np.int64) for part in cached)
+    return sum(part["kept"] for part in cached), removed, dropped
 
 
-def filter_task(paths: list[Path], index: EvalIndex) -> tuple[int, Counter, list[dict]]:
-    """Decontaminate a task's parts against the index; returns (kept, removed, outcome to cache)."""
-    kept_total, removed, outcome = 0, Counter(), []
+def filter_task(paths: list[Path], index: EvalIndex) -> tuple[Outcome, list[dict]]:
+    """Decontaminate a task's parts against the index; returns (outcome, outcome to cache)."""
+    kept_total, removed, dropped, to_cache = 0, Counter(), [], []
     for path in paths:
-        kept, gone, positions = rewrite(path, lambda batch, offset: index.keep_mask(batch.column("inputs")))
+        kept, gone, positions = _check_part(path, index)
         kept_total += kept
         removed.update(gone)
-        outcome.append({"kept": kept, "removed": [[t, k, n] for (t, k), n in sorted(gone.items())],
-                        "positions": positions})
-    return kept_total, removed, outcome
+        dropped.append(positions)
+        to_cache.append({"kept": kept, "removed": [[t, k, n] for (t, k), n in sorted(gone.items())],
+                         "positions": positions.tolist()})
+    return (kept_total, removed, tuple(dropped)), to_cache

@@ -3,7 +3,7 @@
 A render job is split into shards of about ``SHARD_ROWS`` selected rows, always at the same places
 (never between two repeats of one source row), so the shards, and therefore the bytes of the mixture,
 are the same whatever runs them: 1 worker or 16, a process pool or a Dask cluster, a cold or a warm
-cache. Each shard is rendered into its own Parquet part; the cache keeps parts under a key that
+cache. Each shard is rendered into its own part (pipeline/parts.py); the cache keeps parts under a key that
 covers everything that decides their bytes (data identity, task card and templates, rows, seed,
 prompt style, flanbuild and library versions), so a rebuild after editing one template re-renders only
 that task.
@@ -25,6 +25,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from flanbuild.errors import FlanbuildError
+from flanbuild.pipeline import parts
 from flanbuild.pipeline.writer import sha256_file
 from flanbuild.pipeline.render import RenderJob, RenderStats, write_part
 from flanbuild.sources.loader import SplitData
@@ -127,7 +128,7 @@ def from_cache(shard: Shard) -> ShardResult | None:
     """
     if shard.cache_dir is None:
         return None
-    cached = shard.cache_dir / shard.cache_key[:2] / f"{shard.cache_key}.parquet"
+    cached = shard.cache_dir / shard.cache_key[:2] / f"{shard.cache_key}{parts.SUFFIX}"
     meta = cached.with_suffix(".json")
     if not (cached.exists() or meta.exists()):
         return None
@@ -145,8 +146,6 @@ def from_cache(shard: Shard) -> ShardResult | None:
 
 def _verified_entry(cached: Path, meta: Path, key: str) -> RenderStats | None:
     """The entry's RenderStats if the entry verifies (see from_cache), else None."""
-    import pyarrow.parquet as pq
-
     from flanbuild.pipeline.render import OUTPUT_SCHEMA
 
     try:
@@ -163,8 +162,7 @@ def _verified_entry(cached: Path, meta: Path, key: str) -> RenderStats | None:
                             per_type={str(k): int(v) for k, v in raw["per_type"].items()})
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (stats.rows, stats.dropped)):
             return None
-        pf = pq.ParquetFile(cached)
-        if pf.schema_arrow != OUTPUT_SCHEMA or pf.metadata.num_rows != stats.rows:
+        if parts.schema(cached) != OUTPUT_SCHEMA or parts.num_rows(cached) != stats.rows:
             return None
         return stats
     except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
@@ -198,9 +196,9 @@ def _store(part: Path, stats: RenderStats, directory: Path, key: str) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / f".{key}.{os.getpid()}.tmp"
         shutil.copyfile(part, tmp)
-        os.replace(tmp, directory / f"{key}.parquet")
+        os.replace(tmp, directory / f"{key}{parts.SUFFIX}")
         meta_tmp = directory / f".{key}.{os.getpid()}.json.tmp"
-        meta_tmp.write_text(json.dumps({"key": key, "sha256": sha256_file(directory / f"{key}.parquet"),
+        meta_tmp.write_text(json.dumps({"key": key, "sha256": sha256_file(directory / f"{key}{parts.SUFFIX}"),
                                         "stats": asdict(stats)}))
         os.replace(meta_tmp, directory / f"{key}.json")
     except OSError:
@@ -348,7 +346,7 @@ def _run_dask(shards: list[Shard], workers: int, scheduler: str | None, on_done)
 def render_remote(job: RenderJob, data: SplitData) -> tuple[bytes, RenderStats, tuple]:
     """On a Dask worker: render a shard whose rows travel with it (pipeline/remote.py) into memory.
 
-    Returns the part's Parquet bytes, its stats and the worker's library versions. The worker opens no
+    Returns the part's bytes, its stats and the worker's library versions. The worker opens no
     file: neither the client's sources nor its staging directory or cache need to be visible to it."""
     import pyarrow as pa
 
@@ -373,7 +371,7 @@ def _land(shard: Shard, payload: tuple[bytes, RenderStats, tuple]) -> ShardResul
 
 
 def _run_shipped(client, shards: list[Shard], on_done, as_completed) -> list[ShardResult]:
-    """Each shard goes to a worker with its own rows and comes back as Parquet bytes; the client alone
+    """Each shard goes to a worker with its own rows and comes back as part bytes; the client alone
     reads sources and writes parts and cache entries. At most two shards per worker thread are in flight,
     which bounds the client's memory and lets it read the next shard's rows while workers render. A
     shard whose worker died (its scattered rows die with it) is shipped again, up to SHIP_ATTEMPTS times."""

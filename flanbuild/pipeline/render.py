@@ -16,9 +16,9 @@ from typing import Iterator
 import jinja2
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from flanbuild.pipeline import columnar_render
+from flanbuild.pipeline import parts
 from flanbuild.pipeline import layouts
 from flanbuild.pipeline import seeding
 from flanbuild.errors import FlanbuildError
@@ -428,14 +428,14 @@ def _assemble(query: Rendered, shots: list[tuple[int, Rendered]], style: PromptS
     return query
 
 
-def write_part(job: RenderJob, data: SplitData, path: Path, exemplar_data: SplitData | None = None,
+def write_part(job: RenderJob, data: SplitData, path: Path | pa.NativeFile, exemplar_data: SplitData | None = None,
                columnar: bool = True) -> RenderStats:
-    """Render a job into one Parquet part file (the unit the writer assembles and the cache keeps).
+    """Render a job into one part file (pipeline/parts.py: the unit the writer assembles and the cache keeps).
 
     ``columnar=False`` keeps every row on the row path (the differential tests compare the two).
     """
     stats = RenderStats()
-    with pq.ParquetWriter(path, OUTPUT_SCHEMA, compression="zstd") as writer:
+    with parts.PartWriter(path, OUTPUT_SCHEMA) as writer:
         buffer: list[tuple] = []
         tables = columnar_render.PartBatcher(writer, PART_BATCH_ROWS)
         for record in _records(job, data, stats, exemplar_data, columnar):

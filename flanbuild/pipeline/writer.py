@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from flanbuild.pipeline import parts as part_files
 from flanbuild.pipeline import seeding
 from flanbuild.errors import FlanbuildError
 from flanbuild.pipeline.render import OUTPUT_SCHEMA
@@ -32,11 +33,16 @@ SPLITS = ("train", "eval")
 
 @dataclass(frozen=True)
 class Part:
-    """One rendered task split on disk (its shards, in order)."""
+    """One rendered task split on disk (its shards, in order), less the rows decontamination dropped.
+
+    ``dropped[i]`` holds the sorted row positions of ``paths[i]`` to leave out: decontamination only
+    marks rows, so a part file is never rewritten (and a cached part can be shared by hard link).
+    """
 
     task: str
     paths: tuple[Path, ...]
-    rows: int
+    rows: int  # rows written, after the dropped ones
+    dropped: tuple[np.ndarray, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,16 +53,47 @@ class DataFile:
     sha256: str
 
 
-class _PartReader:
-    """Reads a part file front to back in arbitrary-size pieces."""
+def _kept_batches(path: Path, dropped: np.ndarray | None) -> Iterator[pa.RecordBatch]:
+    offset = 0
+    for batch in part_files.batches(path):
+        n = batch.num_rows
+        if dropped is not None and len(dropped):
+            lo, hi = np.searchsorted(dropped, [offset, offset + n])
+            if hi > lo:
+                keep = np.ones(n, dtype=bool)
+                keep[dropped[lo:hi] - offset] = False
+                batch = batch.filter(pa.array(keep))
+        offset += n
+        yield batch
 
-    def __init__(self, paths: tuple[Path, ...]):
-        self._batches = (b for p in paths for b in pq.ParquetFile(p).iter_batches(batch_size=WRITE_BATCH_ROWS))
+
+def _tables(part: Part) -> Iterator[pa.Table]:
+    """The part's kept rows as tables of WRITE_BATCH_ROWS rows (fewer at the end of each file)."""
+    for i, path in enumerate(part.paths):
+        pending: list[pa.RecordBatch] = []
+        count = 0
+        for batch in _kept_batches(path, part.dropped[i] if part.dropped else None):
+            pending.append(batch)
+            count += batch.num_rows
+            while count >= WRITE_BATCH_ROWS:
+                whole = pa.Table.from_batches(pending, OUTPUT_SCHEMA)
+                yield whole.slice(0, WRITE_BATCH_ROWS).combine_chunks()
+                rest = whole.slice(WRITE_BATCH_ROWS)
+                pending, count = rest.to_batches(), rest.num_rows
+        if count:
+            yield pa.Table.from_batches(pending, OUTPUT_SCHEMA).combine_chunks()
+
+
+class _PartReader:
+    """Reads a part front to back in arbitrary-size pieces."""
+
+    def __init__(self, part: Part):
+        self._tables = _tables(part)
         self._buffer: pa.Table = OUTPUT_SCHEMA.empty_table()
 
     def read(self, n: int) -> pa.Table:
         while self._buffer.num_rows < n:
-            self._buffer = pa.concat_tables([self._buffer, pa.Table.from_batches([next(self._batches)])])
+            self._buffer = pa.concat_tables([self._buffer, next(self._tables)])
         out, self._buffer = self._buffer.slice(0, n), self._buffer.slice(n)
         return out
 
@@ -76,7 +113,7 @@ def interleave_order(parts: list[Part], seed: int) -> np.ndarray:
 
 def _interleaved(parts: list[Part], seed: int) -> Iterator[pa.Table]:
     order = interleave_order(parts, seed)
-    readers = [_PartReader(p.paths) for p in parts]
+    readers = [_PartReader(p) for p in parts]
     for start in range(0, len(order), WRITE_BATCH_ROWS):
         chunk = order[start:start + WRITE_BATCH_ROWS]
         counts = np.bincount(chunk, minlength=len(parts))
@@ -91,9 +128,7 @@ def _interleaved(parts: list[Part], seed: int) -> Iterator[pa.Table]:
 
 def _concatenated(parts: list[Part]) -> Iterator[pa.Table]:
     for part in parts:
-        for path in part.paths:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=WRITE_BATCH_ROWS):
-                yield pa.Table.from_batches([batch])
+        yield from _tables(part)
 
 
 def write_split(out: Path, split: str, parts: list[Part], *, interleave: bool, seed: int, shard_rows: int,

@@ -1,0 +1,54 @@
+"""Decontamination's shortcut (a group of rows sharing an affix that no eval input can have skips the
+regular expression) must decide exactly what normalising every row decides."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from flanbuild.pipeline.decontam import EvalIndex, normalise_array
+
+PIECES = ["", " ", "The movie", "the MOVIE!!", "Ünïcödé ß İstanbul ΣΑΣ", "emoji 🇫🇷", "\u3000wide\u3000", "?", "...",
+          "line\nbreak", "a" * 80, "Question: is it good?", "OPTIONS:\n- yes\n- no", "\u200b", "x"]
+
+
+def _brute(index: EvalIndex, inputs: pa.Array) -> list[bool]:
+    return pc.invert(pc.is_in(normalise_array(inputs), value_set=index.inputs)).to_pylist()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_shortcut_decides_like_normalising_every_row(seed):
+    rng = random.Random(seed)
+    templates = [(rng.choice(PIECES) + rng.choice(PIECES), rng.choice(PIECES)) for _ in range(4)]
+    fields = [rng.choice(PIECES) + rng.choice(PIECES) + str(rng.randrange(50)) for _ in range(300)]
+    groups = [rng.randrange(len(templates)) for _ in fields]
+    inputs = [templates[g][0] + f + templates[g][1] for g, f in zip(groups, fields)]
+    # eval: some train inputs with other case and punctuation, plus rows sharing only a template's affixes
+    evals = [rng.choice(inputs).upper().replace(" ", " -- ") for _ in range(20)]
+    evals += [templates[0][0] + "something else", "unrelated " + templates[1][1]]
+    index = EvalIndex.build([pa.array(evals)], (), 0)
+    mask = index.keep_mask(pa.array(inputs), pa.array(groups, pa.int32())).to_pylist()
+    assert mask == _brute(index, pa.array(inputs))
+    assert mask == index.keep_mask(pa.array(inputs)).to_pylist()  # one group: the same answer
+    assert not all(mask)  # the copies were found
+
+
+def test_shortcut_skips_only_what_cannot_match():
+    train = pa.array([f'Review: "{w}" Positive or negative?' for w in ("good", "bad", "Fine!")])
+    index = EvalIndex.build([pa.array(["Premise: x. Hypothesis: y?"])], (), 0)
+    assert index.keep_mask(train).to_pylist() == [True] * 3
+    assert not index._may_match(train)  # no eval input starts like these: no regular expression ran
+    index = EvalIndex.build([pa.array(["REVIEW -- fine.. positive, or NEGATIVE"])], (), 0)
+    assert index._may_match(train)
+    assert index.keep_mask(train).to_pylist() == [True, True, False]
+
+
+def test_ngrams_still_apply_to_every_row():
+    eval_text = "one two three four five six"
+    index = EvalIndex.build([pa.array(["something"])], [eval_text], 3)
+    train = pa.array(["A: one two three!", "A: four five", "A: nothing here"])
+    assert index.keep_mask(train, pa.array(np.zeros(3, dtype=np.int32))).to_pylist() == [False, True, True]
