@@ -199,7 +199,8 @@ def main() -> int:
 
     # cold and incremental build of the default mixture
     mix_env = {**env, "FLANBUILD_CACHE": str(work / "mix-cache")}
-    shutil.rmtree(work / "mix-cache", ignore_errors=True)
+    for stale in ("mix-cache", "mix-cold", "mix-warm", "mix-incr"):  # a reused --work holds the last run's
+        shutil.rmtree(work / stale, ignore_errors=True)
     base = ["--data-dir", str(args.mirror), "-q"]
     cold, _, _ = run_measured(flanbuild(["--out", str(work / "mix-cold"), *base]), mix_env)
     warm, _, _ = run_measured(flanbuild(["--out", str(work / "mix-warm"), *base]), mix_env)
