@@ -6,6 +6,7 @@ The data flows one way; every decision before rendering is made from row counts 
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shutil
@@ -189,12 +190,7 @@ def _make(config: BuildConfig, registry: Registry, out: Path, plan: Plan, cache_
         decontaminated, dropped = _decontaminate(jobs, selection.data, paths, stats, config.recipe.decontaminate_ngram,
                                                  log, plan.shard_keys, cache_dir)
         collector = StatsCollector(config.seed, config.recipe.prompt.tokenizer)
-        log.stage("writing the splits", total=sum(s.rows for s in stats.values()))
-
-        def observe(split: str, table) -> None:
-            collector.add(split, table)
-            log.stage_advance(table.num_rows)
-        files = _write_splits(stage, jobs, paths, dropped, stats, config, observe)
+        files = _write_splits(stage, jobs, paths, dropped, stats, config, collector, log)
         shutil.rmtree(parts_dir)
         manifest = _describe(config, selection, jobs, stats, plan.shares, decontaminated, files, plan.held,
                              plan.removed)
@@ -381,14 +377,36 @@ def _plan(config: BuildConfig, registry: Registry, sel: Selection) -> tuple[list
 
 def _write_splits(stage: Path, jobs: list[RenderJob], paths: dict[str, list[Path]],
                   dropped: dict[str, tuple[np.ndarray, ...]], stats: dict[str, RenderStats], config: BuildConfig,
-                  observe) -> list[writer.DataFile]:
+                  collector: StatsCollector, log: Progress) -> list[writer.DataFile]:
     """Stage 5: the rendered parts, less the dropped rows, assembled into the train (interleaved) and eval
-    split files."""
+    split files, one process per file when there are several files and workers; the card's statistics
+    are collected on the way (per file, then merged in file order)."""
     by_role = {role: [writer.Part(j.task.name, tuple(paths[j.task.name]), stats[j.task.name].rows,
-                                dropped.get(j.task.name, ())) for j in jobs if j.role == role] for role in writer.SPLITS}
-    return [f for role in writer.SPLITS
-            for f in writer.write_split(stage, role, by_role[role], interleave=role == "train", seed=config.seed,
-                                        shard_rows=config.shard_rows, observe=observe)]
+                                  dropped.get(j.task.name, ())) for j in jobs if j.role == role] for role in writer.SPLITS}
+    writes = [w for role in writer.SPLITS
+              for w in writer.plan_split(role, by_role[role], interleave=role == "train", seed=config.seed,
+                                         shard_rows=config.shard_rows)]
+    total = sum(w.stop - w.start for w in writes)
+    log.stage("writing the splits", total=total)
+    (stage / "data").mkdir(parents=True, exist_ok=True)
+    workers = config.workers or engine.default_workers(total)
+    if config.engine == "dask" or workers <= 1 or len(writes) <= 1 or total < engine.SERIAL_BELOW:
+        def observe(split: str, table) -> None:
+            collector.add(split, table)
+            log.stage_advance(table.num_rows)
+        return [writer.write_shard(stage, w, observe) for w in writes]
+    job = functools.partial(_write_file, stage, config.seed, config.recipe.prompt.tokenizer)
+    results = engine.process_map(job, writes, workers, on_done=lambda r: log.stage_advance(r[0].rows))
+    for _, part in results:
+        collector.merge(part)
+    return [f for f, _ in results]
+
+
+def _write_file(stage: Path, seed: int, tokenizer: str | None, w: writer.ShardWrite) -> tuple[writer.DataFile, StatsCollector]:
+    """In a worker process: one split file and the statistics of its rows."""
+    collector = StatsCollector(seed, tokenizer)
+    collector.seek(w.split, w.start)
+    return writer.write_shard(stage, w, collector.add), collector
 
 
 def _describe(config: BuildConfig, sel: Selection, jobs: list[RenderJob],

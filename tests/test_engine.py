@@ -58,6 +58,21 @@ def test_same_bytes_for_any_worker_count_and_cache_state(toy_registry, tmp_path,
     assert _bytes(cold) == _bytes(warm) == _bytes(one)
 
 
+def test_split_files_written_in_parallel_are_the_same_files_and_card(toy_registry, tmp_path, small_shards, monkeypatch):
+    """Several split files and workers: each file is written by its own process, its statistics merged."""
+    calls = []
+    real = engine.process_map
+    monkeypatch.setattr(engine, "process_map", lambda fn, items, *a, **k: calls.append(items) or real(fn, items, *a, **k))
+    one = _build(toy_registry, tmp_path / "one", workers=1, use_cache=False, shard_rows=170, plots=True)
+    assert not calls
+    two = _build(toy_registry, tmp_path / "two", workers=2, use_cache=False, shard_rows=170, plots=True)
+    assert [type(items[0]).__name__ for items in calls] == ["Shard", "ShardWrite"]
+    assert len(one.manifest["files"]) >= 6
+    assert _bytes(one) == _bytes(two)
+    for name in ("README.md", "mixture.json"):
+        assert (one.out / name).read_text().replace("/one", "/two") == (two.out / name).read_text()
+
+
 def test_editing_one_template_rerenders_only_that_task(toy_catalog, tmp_path, small_shards):
     registry = Registry()
     registry.load_catalog(toy_catalog)

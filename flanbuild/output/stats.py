@@ -149,6 +149,36 @@ class StatsCollector:
         self._offset = {s: 0 for s in SPLITS}
         self._sample = {s: (np.zeros(0, np.uint64), [], []) for s in SPLITS}  # (keys, inputs, targets)
 
+    def seek(self, split: str, position: int) -> None:
+        """The next batch of ``split`` starts at row ``position`` (a collector for one file of a split
+        that another process writes; see :meth:`merge`)."""
+        self._offset[split] = position
+
+    def merge(self, other: "StatsCollector") -> None:
+        """Take in what ``other`` collected from later rows (files are merged in split order): the
+        result is the same as one collector fed every batch in order."""
+        st, theirs = self.st, other.st
+        for mine, more in ((st.chars, theirs.chars), (st.cluster_chars, theirs.cluster_chars),
+                           (st.tokens, theirs.tokens)):
+            for key, dist in more.items():
+                mine.setdefault(key, LengthDist()).add_counts(*dist.arrays())
+        for key, types in theirs.template_types.items():
+            d = st.template_types.setdefault(key, {})
+            for ttype, n in types.items():
+                d[ttype] = d.get(ttype, 0) + n
+        for split in SPLITS:
+            for group, items in other._examples[split].items.items():
+                for key, item in items:
+                    self._examples[split].offer(group, key, lambda item=item: item)
+            keys, s_in, s_tg = self._sample[split]
+            o_keys, o_in, o_tg = other._sample[split]
+            keys, s_in, s_tg = np.concatenate([keys, o_keys]), s_in + o_in, s_tg + o_tg
+            if len(keys) > self.token_sample:
+                keep = np.argsort(keys, kind="stable")[:self.token_sample]
+                keys, s_in, s_tg = keys[keep], [s_in[i] for i in keep], [s_tg[i] for i in keep]
+            self._sample[split] = (keys, s_in, s_tg)
+            self._offset[split] = max(self._offset[split], other._offset[split])
+
     def add(self, split: str, batch) -> None:
         """One batch (a pyarrow Table or RecordBatch in the output schema) of ``split``, in order."""
         n = batch.num_rows

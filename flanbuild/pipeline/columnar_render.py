@@ -546,35 +546,6 @@ def _variants(task: Task, templates: list[Template], options: list[str] | None, 
     return out
 
 
-class PartBatcher:
-    """Writes output tables to a part writer in the row path's batches (``rows`` rows each)."""
-
-    def __init__(self, writer, rows: int):
-        self.writer, self.rows = writer, rows
-        self.pending: list[pa.Table] = []
-        self.count = 0
-
-    def add(self, table: pa.Table) -> None:
-        self.pending.append(table)
-        self.count += table.num_rows
-        if self.count < self.rows:
-            return
-        whole = pa.concat_tables(self.pending)
-        at = 0
-        while whole.num_rows - at >= self.rows:
-            self.writer.write_table(whole.slice(at, self.rows).combine_chunks())
-            at += self.rows
-        rest = whole.slice(at)
-        self.pending, self.count = ([rest] if rest.num_rows else []), rest.num_rows
-
-    def close(self, empty: pa.Table, nothing_written: bool) -> None:
-        """The last, partial row group (or the row path's empty table when no row was rendered at all)."""
-        if self.count:
-            self.writer.write_table(pa.concat_tables(self.pending).combine_chunks())
-        elif nothing_written:
-            self.writer.write_table(empty)
-
-
 def coverage(task: Task) -> tuple[bool, list[int]]:
     """(whether the card's expressions go columnar, ids of the templates that do) under FLAN 2021's
     recipe (zero-shot, the FLAN layout): the measure reported for the catalog."""

@@ -233,26 +233,7 @@ def run(shards: list[Shard], *, engine: str = "local", workers: int = 1, schedul
             results.append(run_shard(shard))
             on_done(results[-1])
     else:
-        import multiprocessing
-
-        # forkserver: workers start from a clean process (no inherited Arrow/Jinja threads), and
-        # rendering modules are imported once in the server, not per worker.
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["flanbuild.pipeline.engine"])
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(shards)), mp_context=ctx,
-                                   initializer=_worker_init, initargs=(os.getpid(),))
-        restore = _terminate_on_sigterm()
-        try:
-            results = []
-            for result in pool.map(run_shard, _largest_first(shards)):
-                results.append(result)
-                on_done(result)
-        except BaseException:
-            _kill_pool(pool)  # an error, Ctrl-C or SIGTERM: no worker outlives the build
-            raise
-        finally:
-            restore()
-            pool.shutdown(wait=True, cancel_futures=True)
+        results = process_map(run_shard, list(_largest_first(shards)), workers, on_done)
     return sorted(hits + results, key=lambda r: r.number)
 
 
@@ -313,6 +294,32 @@ def _kill_pool(pool: ProcessPoolExecutor) -> None:
             process.terminate()
         except (OSError, AttributeError):
             pass
+
+
+def process_map(fn: Callable, items: list, workers: int, on_done: Callable = lambda r: None) -> list:
+    """``fn`` over ``items`` in up to ``workers`` processes; results in item order, each also handed to
+    ``on_done`` as it arrives. The processes die with the build (an error, Ctrl-C, SIGTERM)."""
+    import multiprocessing
+
+    # forkserver: workers start from a clean process (no inherited Arrow/Jinja threads), and
+    # rendering modules are imported once in the server, not per worker.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["flanbuild.pipeline.engine"])
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=ctx,
+                               initializer=_worker_init, initargs=(os.getpid(),))
+    restore = _terminate_on_sigterm()
+    try:
+        results = []
+        for result in pool.map(fn, items):
+            results.append(result)
+            on_done(result)
+    except BaseException:
+        _kill_pool(pool)
+        raise
+    finally:
+        restore()
+        pool.shutdown(wait=True, cancel_futures=True)
+    return results
 
 
 def _largest_first(shards: list[Shard]) -> Iterable[Shard]:

@@ -67,7 +67,6 @@ COLUMN_DOCS = {
                     "`promptsource` for P3 rows; empty when no options are shown",
 }
 assert list(COLUMN_DOCS) == OUTPUT_SCHEMA.names, "every output column is documented, in schema order"
-PART_BATCH_ROWS = 4096
 MAX_OUTPUT_CHARS = 1_000_000  # one rendered input or target; larger means a runaway template
 
 
@@ -437,18 +436,18 @@ def write_part(job: RenderJob, data: SplitData, path: Path | pa.NativeFile, exem
     stats = RenderStats()
     with parts.PartWriter(path, OUTPUT_SCHEMA) as writer:
         buffer: list[tuple] = []
-        tables = columnar_render.PartBatcher(writer, PART_BATCH_ROWS)
         for record in _records(job, data, stats, exemplar_data, columnar):
             if isinstance(record, pa.Table):
-                tables.add(record)
+                if buffer:
+                    writer.write_table(_table(buffer))
+                    buffer = []
+                writer.write_table(record)
                 continue
             buffer.append(record)
-            if len(buffer) >= PART_BATCH_ROWS:
+            if len(buffer) >= parts.BATCH_ROWS:
                 writer.write_table(_table(buffer))
                 buffer = []
-        if tables.count or tables.pending:
-            tables.close(_table([]), stats.rows == 0)
-        elif buffer or stats.rows == 0:
+        if buffer:
             writer.write_table(_table(buffer))
     return stats
 

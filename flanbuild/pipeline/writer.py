@@ -44,6 +44,10 @@ class Part:
     rows: int  # rows written, after the dropped ones
     dropped: tuple[np.ndarray, ...] = ()
 
+    def kept_rows(self) -> list[int]:
+        """Rows each path contributes."""
+        return [part_files.num_rows(p) - (len(self.dropped[i]) if self.dropped else 0) for i, p in enumerate(self.paths)]
+
 
 @dataclass(frozen=True)
 class DataFile:
@@ -53,9 +57,29 @@ class DataFile:
     sha256: str
 
 
-def _kept_batches(path: Path, dropped: np.ndarray | None) -> Iterator[pa.RecordBatch]:
-    offset = 0
-    for batch in part_files.batches(path):
+@dataclass(frozen=True)
+class ShardWrite:
+    """One split file to write: everything a process needs to write it on its own (picklable).
+
+    Rows ``start``..``stop`` of the split go to ``rel``, in row groups cut at ``cuts``. Interleaved,
+    ``order`` names the part of each of those rows and ``first`` where each part's reading starts;
+    concatenated, ``order`` is None and the parts are read one after the other from ``start``.
+    """
+
+    rel: str
+    split: str
+    start: int
+    stop: int
+    cuts: tuple[int, ...]
+    parts: tuple[Part, ...]
+    order: np.ndarray | None
+    first: tuple[int, ...]
+
+
+def _kept_batches(path: Path, dropped: np.ndarray | None, start: int) -> Iterator[pa.RecordBatch]:
+    """The rows of ``path`` from raw row ``start`` on, without the dropped ones."""
+    offset = start
+    for batch in part_files.batches(path, start=start):
         n = batch.num_rows
         if dropped is not None and len(dropped):
             lo, hi = np.searchsorted(dropped, [offset, offset + n])
@@ -67,33 +91,33 @@ def _kept_batches(path: Path, dropped: np.ndarray | None) -> Iterator[pa.RecordB
         yield batch
 
 
-def _tables(part: Part) -> Iterator[pa.Table]:
-    """The part's kept rows as tables of WRITE_BATCH_ROWS rows (fewer at the end of each file)."""
-    for i, path in enumerate(part.paths):
-        pending: list[pa.RecordBatch] = []
-        count = 0
-        for batch in _kept_batches(path, part.dropped[i] if part.dropped else None):
-            pending.append(batch)
-            count += batch.num_rows
-            while count >= WRITE_BATCH_ROWS:
-                whole = pa.Table.from_batches(pending, OUTPUT_SCHEMA)
-                yield whole.slice(0, WRITE_BATCH_ROWS).combine_chunks()
-                rest = whole.slice(WRITE_BATCH_ROWS)
-                pending, count = rest.to_batches(), rest.num_rows
-        if count:
-            yield pa.Table.from_batches(pending, OUTPUT_SCHEMA).combine_chunks()
+def _part_batches(part: Part, skip: int) -> Iterator[pa.RecordBatch]:
+    """The part's kept rows, from its ``skip``-th on (found without reading what comes before it)."""
+    for i, (path, kept) in enumerate(zip(part.paths, part.kept_rows())):
+        if skip >= kept:
+            skip -= kept
+            continue
+        dropped = part.dropped[i] if part.dropped else np.zeros(0, dtype=np.int64)
+        raw = skip + int(np.searchsorted(dropped - np.arange(len(dropped)), skip, side="right"))
+        yield from _kept_batches(path, dropped, raw)
+        skip = 0
 
 
 class _PartReader:
-    """Reads a part front to back in arbitrary-size pieces."""
+    """Reads a part's kept rows front to back in arbitrary-size pieces."""
 
-    def __init__(self, part: Part):
-        self._tables = _tables(part)
+    def __init__(self, part: Part, skip: int = 0):
+        self._batches = _part_batches(part, skip)
         self._buffer: pa.Table = OUTPUT_SCHEMA.empty_table()
 
     def read(self, n: int) -> pa.Table:
-        while self._buffer.num_rows < n:
-            self._buffer = pa.concat_tables([self._buffer, next(self._tables)])
+        if self._buffer.num_rows < n:
+            more, count = [self._buffer], self._buffer.num_rows
+            while count < n:
+                batch = next(self._batches)
+                more.append(pa.Table.from_batches([batch], OUTPUT_SCHEMA))
+                count += batch.num_rows
+            self._buffer = pa.concat_tables(more)
         out, self._buffer = self._buffer.slice(0, n), self._buffer.slice(n)
         return out
 
@@ -111,57 +135,88 @@ def interleave_order(parts: list[Part], seed: int) -> np.ndarray:
     return part_ids_all[np.lexsort((part_ids_all, keys_all))]
 
 
-def _interleaved(parts: list[Part], seed: int) -> Iterator[pa.Table]:
-    order = interleave_order(parts, seed)
-    readers = [_PartReader(p) for p in parts]
-    for start in range(0, len(order), WRITE_BATCH_ROWS):
-        chunk = order[start:start + WRITE_BATCH_ROWS]
-        counts = np.bincount(chunk, minlength=len(parts))
-        pieces = [readers[p].read(int(c)) for p, c in enumerate(counts) if c]
-        piece_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        grouped = np.argsort(chunk, kind="stable")
-        sorted_ids = chunk[grouped]
-        rank = np.empty(len(chunk), dtype=np.int64)
-        rank[grouped] = np.arange(len(chunk)) - np.searchsorted(sorted_ids, sorted_ids, side="left")
-        yield pa.concat_tables(pieces).take(pa.array(piece_start[chunk] + rank))
+def plan_split(split: str, parts: list[Part], *, interleave: bool, seed: int, shard_rows: int) -> list[ShardWrite]:
+    """The files of one split: ``data/{split}-{i:05d}-of-{n:05d}.parquet``, ``shard_rows`` rows each.
+
+    Row groups are cut every WRITE_BATCH_ROWS rows of the split (interleaved) or of each part file
+    (concatenated), and at file boundaries; the cuts depend only on the parts, so the bytes do not
+    depend on how many processes write the files.
+    """
+    total = sum(p.rows for p in parts)
+    n_shards = max(1, -(-total // shard_rows))
+    order = interleave_order(parts, seed) if interleave else None
+    if interleave:
+        grid = set(range(0, total, WRITE_BATCH_ROWS))
+    else:
+        grid, at = set(), 0
+        for part in parts:
+            for kept in part.kept_rows():
+                grid.update(range(at, at + kept, WRITE_BATCH_ROWS))
+                at += kept
+    writes = []
+    for i in range(n_shards):
+        start, stop = min(i * shard_rows, total), min((i + 1) * shard_rows, total)
+        cuts = tuple(sorted({start, stop} | {c for c in grid if start < c < stop}))
+        if interleave:
+            first = tuple(int(c) for c in np.bincount(order[:start], minlength=len(parts)))
+        else:
+            ends = np.cumsum([0] + [p.rows for p in parts])
+            first = tuple(int(min(max(start - e, 0), p.rows)) for e, p in zip(ends, parts))
+        writes.append(ShardWrite(f"data/{split}-{i:05d}-of-{n_shards:05d}.parquet", split, start, stop, cuts,
+                                 tuple(parts), order[start:stop] if interleave else None, first))
+    return writes
 
 
-def _concatenated(parts: list[Part]) -> Iterator[pa.Table]:
-    for part in parts:
-        yield from _tables(part)
+def _interleaved_piece(readers: list[_PartReader], chunk: np.ndarray) -> pa.Table:
+    """The rows of ``chunk`` (the part index of each output row), each part's next rows in order."""
+    counts = np.bincount(chunk, minlength=len(readers))
+    pieces = [readers[p].read(int(c)) for p, c in enumerate(counts) if c]
+    piece_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    grouped = np.argsort(chunk, kind="stable")
+    sorted_ids = chunk[grouped]
+    rank = np.empty(len(chunk), dtype=np.int64)
+    rank[grouped] = np.arange(len(chunk)) - np.searchsorted(sorted_ids, sorted_ids, side="left")
+    return pa.concat_tables(pieces).take(pa.array(piece_start[chunk] + rank))
+
+
+def _concatenated_piece(readers: list[_PartReader], remaining: list[int], n: int) -> pa.Table:
+    """The next ``n`` rows of the parts one after the other (``remaining``: rows left in each)."""
+    tables = []
+    for p, left in enumerate(remaining):
+        if n and left:
+            take = min(n, left)
+            tables.append(readers[p].read(take))
+            remaining[p] -= take
+            n -= take
+    return pa.concat_tables(tables) if tables else OUTPUT_SCHEMA.empty_table()
+
+
+def write_shard(out: Path, w: ShardWrite, observe: Callable[[str, pa.Table], None] | None = None) -> DataFile:
+    """Write one split file. ``observe(split, table)`` sees every table written, in order: the build
+    collects the card's statistics that way instead of reading the output a second time."""
+    readers = [_PartReader(p, skip) for p, skip in zip(w.parts, w.first)]
+    remaining = [p.rows - skip for p, skip in zip(w.parts, w.first)]
+    with pq.ParquetWriter(out / w.rel, OUTPUT_SCHEMA, compression="zstd") as writer:
+        for a, b in zip(w.cuts, w.cuts[1:]):
+            if w.order is not None:
+                table = _interleaved_piece(readers, w.order[a - w.start:b - w.start])
+            else:
+                table = _concatenated_piece(readers, remaining, b - a)
+            table = table.combine_chunks()
+            writer.write_table(table)
+            if observe is not None:
+                observe(w.split, table)
+        if w.start == w.stop:
+            writer.write_table(OUTPUT_SCHEMA.empty_table())
+    return DataFile(w.rel, w.stop - w.start, (out / w.rel).stat().st_size, sha256_file(out / w.rel))
 
 
 def write_split(out: Path, split: str, parts: list[Part], *, interleave: bool, seed: int, shard_rows: int,
                 observe: Callable[[str, pa.Table], None] | None = None) -> list[DataFile]:
-    """Write one split as ``data/{split}-{i:05d}-of-{n:05d}.parquet`` (zstd), ``shard_rows`` rows each.
-
-    ``observe(split, table)`` sees every table written, in order: the build collects the card's
-    statistics that way instead of reading the output a second time.
-    """
-    total = sum(p.rows for p in parts)
-    n_shards = max(1, -(-total // shard_rows))
-    tables = _interleaved(parts, seed) if interleave else _concatenated(parts)
+    """Write one split's files in this process (see plan_split and write_shard)."""
     (out / "data").mkdir(parents=True, exist_ok=True)
-    files = []
-    pending = OUTPUT_SCHEMA.empty_table()
-    for i in range(n_shards):
-        rel = f"data/{split}-{i:05d}-of-{n_shards:05d}.parquet"
-        want = min(shard_rows, total - i * shard_rows) if total else 0
-        with pq.ParquetWriter(out / rel, OUTPUT_SCHEMA, compression="zstd") as writer:
-            written = 0
-            while written < want:
-                if pending.num_rows == 0:
-                    pending = next(tables)
-                piece = pending.slice(0, want - written)
-                pending = pending.slice(piece.num_rows)
-                writer.write_table(piece)
-                if observe is not None:
-                    observe(split, piece)
-                written += piece.num_rows
-            if want == 0:
-                writer.write_table(OUTPUT_SCHEMA.empty_table())
-        files.append(DataFile(rel, want, (out / rel).stat().st_size, sha256_file(out / rel)))
-    return files
+    return [write_shard(out, w, observe)
+            for w in plan_split(split, parts, interleave=interleave, seed=seed, shard_rows=shard_rows)]
 
 
 def sha256_file(path: Path) -> str:
