@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, write, write_jsonl
+from flanbuild.pipeline import parts
 
 MEMORY_LIMIT = 2 << 30  # bytes of address space per CLI run
 CPU_LIMIT = 20  # seconds of CPU per CLI run
@@ -461,7 +462,7 @@ def test_symlinked_out_stays_a_symlink(reference, tmp_path):
 
 def _cache_parts(cache: Path) -> list[Path]:
     """The render cache's parts (a part has its metadata beside it; other caches may share the directory)."""
-    return sorted(p for p in cache.rglob("*.parquet") if p.with_suffix(".json").is_file() and len(p.parent.name) == 2)
+    return sorted(p for p in cache.rglob(f"*{parts.SUFFIX}") if p.with_suffix(".json").is_file() and len(p.parent.name) == 2)
 
 
 @pytest.mark.parametrize("damage", ["flip a byte", "swap two entries", *[
@@ -473,31 +474,32 @@ def test_damaged_cache_entries_are_rerendered(damage, reference, tmp_path):
     assert run_cli(build_args(cat, expected_dir, "--no-cache"), tmp_path).returncode == 0
     out = tmp_path / "out"
     assert run_cli(build_args(cat, out), tmp_path).returncode == 0  # fills the cache
-    parts = _cache_parts(tmp_path / "cache")
-    assert len(parts) == 2
+    cached = _cache_parts(tmp_path / "cache")
+    assert len(cached) == 2
     if damage == "flip a byte":
-        blob = bytearray(parts[0].read_bytes())
+        blob = bytearray(cached[0].read_bytes())
         blob[len(blob) // 2] ^= 0x01
-        parts[0].write_bytes(bytes(blob))
+        cached[0].write_bytes(bytes(blob))
     elif damage == "edit rows":
-        table = pq.read_table(parts[0])
+        table = pa.Table.from_batches(list(parts.batches(cached[0])))
         table = table.set_column(0, "inputs", pa.array(["EDITED"] * table.num_rows))
-        pq.write_table(table, parts[0], compression="zstd")
+        with parts.PartWriter(cached[0], table.schema) as w:
+            w.write_table(table)
     elif damage == "swap two entries":
-        a, b = parts[0].read_bytes(), parts[1].read_bytes()
-        parts[0].write_bytes(b)
-        parts[1].write_bytes(a)
+        a, b = cached[0].read_bytes(), cached[1].read_bytes()
+        cached[0].write_bytes(b)
+        cached[1].write_bytes(a)
     elif damage == "truncate":
-        parts[0].write_bytes(parts[0].read_bytes()[:100])
+        cached[0].write_bytes(cached[0].read_bytes()[:100])
     elif damage == "bad metadata":
-        parts[0].with_suffix(".json").write_text('{"key": 1}')
+        cached[0].with_suffix(".json").write_text('{"key": 1}')
     else:
         filters = sorted((tmp_path / "cache" / "filters").glob("*"))
         assert filters
         blob = bytearray(filters[0].read_bytes())
         blob[-1] ^= 0x7F
         filters[0].write_bytes(bytes(blob))
-        for p in parts:  # the render cache must not hide the filter result
+        for p in cached:  # the render cache must not hide the filter result
             p.unlink()
     proc = run_cli(build_args(cat, out), tmp_path)
     assert proc.returncode == 0, proc.stderr
