@@ -61,7 +61,7 @@ class PartWriter:
 
 
 def _reader(path: Path) -> ipc.RecordBatchFileReader:
-    return ipc.open_file(pa.memory_map(str(path)))
+    return ipc.open_file(pa.OSFile(str(path)))  # not memory-mapped: pages read stay out of RSS
 
 
 def batches(path: Path, columns: list[str] | None = None, start: int = 0) -> Iterator[pa.RecordBatch]:
