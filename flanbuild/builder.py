@@ -36,6 +36,7 @@ from flanbuild.catalog.registry import Registry, default_registry
 from flanbuild.pipeline.render import RenderJob, RenderStats, probe_prompted
 from flanbuild.sources.loader import DataNotFound, SplitData, load_split, source_overlaps
 from flanbuild.sources import sample
+from flanbuild.sources import urls
 from flanbuild.catalog.tasks import Task
 
 EXEMPLAR_POOL = 10_000  # few-shot exemplars come from at most this many rows of a task (bounded memory)
@@ -45,11 +46,11 @@ EXEMPLAR_POOL = 10_000  # few-shot exemplars come from at most this many rows of
 class BuildConfig:
     """Everything that decides a mixture's bytes (plus where to write it)."""
 
-    out: Path
+    out: Path | str  # a directory, or an fsspec URL the output is copied to (output/upload.py)
     seed: int = 0
     recipe: Recipe = field(default_factory=Recipe)  # submixtures, prompt style (default: FLAN 2021)
     mix: mixer.MixConfig = field(default_factory=mixer.MixConfig)  # held-out clusters, overrides of the caps
-    data_dirs: tuple[Path, ...] = ()
+    data_dirs: tuple[Path | str, ...] = ()  # local directories or mirror URLs (sources/urls.py)
     catalogs: tuple[Path, ...] = ()
     tasks: tuple[str, ...] = ()  # build only these tasks (default: all)
     clusters: tuple[str, ...] = ()  # build only tasks of these clusters (default: all)
@@ -67,14 +68,17 @@ class BuildConfig:
     command: str = ""  # the command line, recorded in the card
 
     @staticmethod
-    def data_dirs_from_env() -> tuple[Path, ...]:
-        value = os.environ.get("FLANBUILD_DATA_DIR", "")
-        return tuple(Path(p) for p in value.split(os.pathsep) if p)
+    def data_dirs_from_env() -> tuple[Path | str, ...]:
+        return tuple(p if urls.is_url(p) else Path(p) for p in urls.split_dirs(os.environ.get("FLANBUILD_DATA_DIR", "")))
+
+    def mirrors(self) -> list:
+        """``data_dirs`` as the loader reads them (a URL becomes a RemoteMirror with local copies)."""
+        return [urls.data_dir(d, self.cache_dir) for d in self.data_dirs]
 
 
 @dataclass(frozen=True)
 class BuildResult:
-    out: Path
+    out: Path | str  # a local directory, or the URL the output was copied to
     manifest: Manifest
     shards: int = 0  # render shards of this build (not in the manifest: they do not change its bytes)
     cached_shards: int = 0  # how many came from the cache
@@ -137,6 +141,8 @@ def build(config: BuildConfig, registry: Registry | None = None, progress: Progr
     The stages run in order and hand their results forward explicitly: check the inputs, select the
     tasks and their data, plan the mix, render, decontaminate, write the splits, describe the build.
     """
+    if urls.is_url(config.out):
+        return _build_to_url(config, registry, progress)
     log = progress or Progress("quiet")
     started = time.perf_counter()
     out = Path(config.out).expanduser().absolute()
@@ -161,6 +167,23 @@ def build(config: BuildConfig, registry: Registry | None = None, progress: Progr
         return BuildResult(out, ready, 0, 0)
     plan = Plan(selection, jobs, shares, held, removed, shard_keys, key)
     return _make(config, registry, out, plan, cache_dir, log, started)
+
+
+def _build_to_url(config: BuildConfig, registry: Registry | None, progress: Progress | None) -> BuildResult:
+    """``out`` is an fsspec URL: build in a local temporary directory, then copy the files up
+    (output/upload.py). The up-to-date check needs a local OUT, so a URL output is always rebuilt (the
+    render cache still makes an unchanged rebuild cheap)."""
+    import tempfile
+
+    from flanbuild.output import upload
+
+    url = str(config.out)
+    upload.check_target(url)
+    with tempfile.TemporaryDirectory(prefix="flanbuild-out-") as tmp:
+        result = build(replace(config, out=Path(tmp) / "out"), registry, progress)
+        upload.upload(result.out, url)
+        (progress or Progress("quiet"))(f"copied the output to {url}")
+    return replace(result, out=url)
 
 
 @dataclass
@@ -251,9 +274,8 @@ def _check_inputs(config: BuildConfig, out: Path, registry: Registry | None) -> 
     from flanbuild.output.replace import check_replaceable
 
     check_replaceable(out)  # only a verified flanbuild output holding nothing else is replaced
-    for d in (*config.data_dirs, *(p for p in (config.niv2_dir, config.promptsource_dir) if p is not None)):
-        if not Path(d).is_dir():
-            raise FlanbuildError(f"directory {d} does not exist")
+    for d in (*config.mirrors(), *(Path(p) for p in (config.niv2_dir, config.promptsource_dir) if p is not None)):
+        urls.check_data_dir(d)
     registry = (registry.copy() if registry else load_registry(config.catalogs))
     unmatched = _add_providers(registry, config)
     for name in config.tasks:
@@ -317,7 +339,7 @@ def _load_task(config: BuildConfig, task: Task, sub: Submixture, role: str, sel:
     try:
         if role == "eval" and task.provider == "promptsource":
             raise DataNotFound("promptsource tasks are training-only; its cluster is held out")
-        split = load_split(task, role, [Path(d) for d in config.data_dirs])
+        split = load_split(task, role, config.mirrors())
         rows = valid_indices(task, split, cache_dir=cache_dir)
         if len(rows) == 0:
             raise DataNotFound(f"the {role} split has no usable rows")

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from flanbuild.pipeline.decontam import EvalIndex, normalise_array
+from flanbuild.pipeline.decontam import EvalIndex, normalise, normalise_array
 
 PIECES = ["", " ", "The movie", "the MOVIE!!", "Ünïcödé ß İstanbul ΣΑΣ", "emoji 🇫🇷", "\u3000wide\u3000", "?", "...",
           "line\nbreak", "a" * 80, "Question: is it good?", "OPTIONS:\n- yes\n- no", "\u200b", "x"]
@@ -52,3 +52,12 @@ def test_ngrams_still_apply_to_every_row():
     index = EvalIndex.build([pa.array(["something"])], [eval_text], 3)
     train = pa.array(["A: one two three!", "A: four five", "A: nothing here"])
     assert index.keep_mask(train, pa.array(np.zeros(3, dtype=np.int32))).to_pylist() == [False, True, True]
+
+
+def test_ascii_affixes_normalise_like_the_column_version():
+    """ASCII affixes are normalised in Python (no regex compiled per affix): the same rule there."""
+    import string
+
+    rng = random.Random(0)
+    texts = ["".join(rng.choice(string.printable) for _ in range(rng.randrange(30))) for _ in range(2000)]
+    assert [normalise(t) for t in texts] == normalise_array(pa.array(texts)).to_pylist()

@@ -18,14 +18,15 @@ from flanbuild.cli.argtypes import csv as _csv
 from flanbuild.errors import FlanbuildError
 
 
-def _data_dirs(args) -> list[Path]:
+def _data_dirs(args) -> list:
+    """``--data-dir`` (or FLANBUILD_DATA_DIR) entries: local directories, or mirrors at URLs."""
     from flanbuild.builder import BuildConfig
+    from flanbuild.sources import urls
 
-    dirs = [Path(d) for d in args.data_dir] if args.data_dir else list(BuildConfig.data_dirs_from_env())
+    given = list(args.data_dir) if args.data_dir else list(BuildConfig.data_dirs_from_env())
+    dirs = [urls.data_dir(d, Path(args.cache_dir) if getattr(args, "cache_dir", None) else None) for d in given]
     for d in dirs:  # a misspelt mirror path is an error, not a silent "not in the local mirror" for every task
-        if not d.expanduser().is_dir():
-            raise FlanbuildError(f"directory {d} does not exist"
-                                 + ("" if args.data_dir else " (from FLANBUILD_DATA_DIR)"))
+        urls.check_data_dir(d, "" if args.data_dir else " (from FLANBUILD_DATA_DIR)")
     return dirs
 
 
@@ -139,9 +140,12 @@ def cmd_build(args) -> int:
     from flanbuild.builder import BuildConfig, build
     from flanbuild.pipeline.mixer import MixConfig
     from flanbuild.catalog.recipes import load_recipe
+    from flanbuild.sources import urls
 
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
+    if urls.is_url(args.out) and (args.format != "flan" or args.jsonl):
+        raise FlanbuildError("--format/--jsonl exports need a local --out (export after copying the output down)")
     if args.train_size is not None and args.max_epochs == 0:
         raise FlanbuildError("--max-epochs 0 (no limit) with --train-size could repeat a small task without bound; "
                              "give a finite --max-epochs > 0")
@@ -157,7 +161,8 @@ def cmd_build(args) -> int:
         train_size=args.train_size, eval_cap=args.eval_cap, max_epochs=args.max_epochs,
     )
     config = BuildConfig(
-        out=Path(args.out), seed=args.seed, recipe=recipe, mix=mix, data_dirs=tuple(_data_dirs(args)),
+        out=args.out if urls.is_url(args.out) else Path(args.out), seed=args.seed, recipe=recipe, mix=mix,
+        data_dirs=tuple(d.url if isinstance(d, urls.RemoteMirror) else d for d in _data_dirs(args)),
         catalogs=tuple(Path(c) for c in args.catalog), tasks=args.tasks, strict=args.strict,
         allow_empty_split=args.allow_empty_split,
         niv2_dir=Path(args.niv2_dir) if args.niv2_dir else None,

@@ -9,6 +9,7 @@ Removals are counted per task.
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,7 @@ class EvalIndex:
     inputs: pa.Array  # distinct normalised eval inputs
     ngrams: set[int]
     n: int
-    _affixes: dict = field(default_factory=dict, repr=False)  # (kind, normalised affix) -> can an eval input have it
+    _affixes: dict = field(default_factory=dict, repr=False)  # "prefix"/"suffix": sorted eval inputs (reversed); "set"
     _normalised: dict = field(default_factory=dict, repr=False)  # raw affix -> normalised (one regex call each)
 
     @classmethod
@@ -78,12 +79,18 @@ class EvalIndex:
         character and folds runs, so the normalised affix is an affix of every row's normalised text).
         """
         keep = np.ones(len(inputs), dtype=bool)
+        check = np.zeros(len(inputs), dtype=bool)
         ids = groups.to_numpy(zero_copy_only=False) if groups is not None else np.zeros(len(inputs), dtype=np.int64)
         for group in np.unique(ids):
             rows = np.flatnonzero(ids == group)
+            check[rows] = self._may_match(inputs if len(rows) == len(inputs) else inputs.take(pa.array(rows)))
+        if check.any():  # one membership test for all of them (each builds a hash set of the eval inputs)
+            rows = np.flatnonzero(check)
             texts = inputs if len(rows) == len(inputs) else inputs.take(pa.array(rows))
-            if self._may_match(texts):
-                keep[rows] = ~pc.is_in(normalise_array(texts), value_set=self.inputs).to_numpy(zero_copy_only=False)
+            if "set" not in self._affixes:  # a Python set, built once (pc.is_in builds one per call)
+                self._affixes["set"] = set(self.inputs.to_pylist())
+            found = self._affixes["set"]
+            keep[rows] = [t not in found for t in normalise_array(texts).to_pylist()]
         if self.n and self.ngrams:
             texts = inputs.to_pylist()
             keep &= np.array([ngram_keys(t, self.n).isdisjoint(self.ngrams) for t in texts], dtype=bool)
@@ -99,14 +106,25 @@ class EvalIndex:
                 if not pc.all(test(texts, pattern=affix)).as_py():
                     continue
                 norm = self._normalised_affix(affix)
-                if norm and (kind, norm) not in self._affixes:
-                    self._affixes[kind, norm] = bool(pc.any(test(self.inputs, pattern=norm)).as_py())
-                if norm and not self._affixes[kind, norm]:
+                if norm and not self._eval_has(kind, norm):
                     return False
                 break  # a shorter affix is a weaker test: an eval input with this one has it too
         return True
 
+    def _eval_has(self, kind: str, affix: str) -> bool:
+        """Whether some eval input starts (ends) with ``affix``: a binary search in the sorted eval inputs
+        (or their sorted reversals), built on first use."""
+        if kind not in self._affixes:
+            values = self.inputs.to_pylist()
+            self._affixes[kind] = sorted(values if kind == "prefix" else (v[::-1] for v in values))
+        ordered = self._affixes[kind]
+        key = affix if kind == "prefix" else affix[::-1]
+        i = bisect.bisect_left(ordered, key)
+        return i < len(ordered) and ordered[i].startswith(key)
+
     def _normalised_affix(self, affix: str) -> str:
+        if affix.isascii():  # where Python's rule and RE2's agree exactly (and no regex is compiled per call)
+            return normalise(affix)
         if affix not in self._normalised:
             self._normalised[affix] = normalise_array(pa.array([affix], pa.string()))[0].as_py()
         return self._normalised[affix]

@@ -29,6 +29,7 @@ from flanbuild.pipeline import parts
 from flanbuild.pipeline.writer import sha256_file
 from flanbuild.pipeline.render import RenderJob, RenderStats, write_part
 from flanbuild.sources.loader import SplitData
+from flanbuild.sources.urls import default_cache_dir  # noqa: F401 - the cache root, re-exported
 
 SHARD_ROWS = 50_000
 SERIAL_BELOW = 20_000  # fewer selected rows than this: a process pool costs more than it saves
@@ -203,11 +204,6 @@ def _store(part: Path, stats: RenderStats, directory: Path, key: str) -> None:
         os.replace(meta_tmp, directory / f"{key}.json")
     except OSError:
         pass  # a cache that cannot be written only costs time
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("FLANBUILD_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flanbuild"
-    return Path(base)
 
 
 def run(shards: list[Shard], *, engine: str = "local", workers: int = 1, scheduler: str | None = None,

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flanbuild.catalog import schema
+from flanbuild.sources import urls
 from flanbuild.sources import offline
 from flanbuild.errors import DataNotFound, FlanbuildError
 from flanbuild.catalog.tasks import Task, parse_slice
@@ -221,14 +222,17 @@ def read_local_file(path: Path) -> SplitData:
     return SplitData(f"file:{path}", schema.from_arrow(table.schema), table=table)
 
 
-def find_in_mirror(data_dir: Path, hub_id: str, config: str, split: str) -> list[Path]:
-    """Parquet files of one split in a mirror laid out as ``<hub id>/<config>/<split>.parquet``.
+def find_in_mirror(data_dir: "Path | urls.RemoteMirror", hub_id: str, config: str, split: str) -> list[Path]:
+    """Parquet files of one split in a mirror laid out as ``<hub id>/<config>/<split>.parquet``
+    (local copies of them, for a mirror at a URL: sources/urls.py).
 
     Everything is confined to ``data_dir``: a hub id, config or split that would lead outside it (``..``,
     an absolute path, a symlink) is an error, and files that resolve outside it are not read.
     """
     from flanbuild.catalog.untrusted import confined, escape
 
+    if isinstance(data_dir, urls.RemoteMirror):
+        return data_dir.fetch(hub_id, config, split)
     folder = confined(data_dir, hub_id, config)
     if folder is None or confined(folder, split) is None:
         raise FlanbuildError(f"{escape(hub_id)}/{escape(config)}/{escape(split)} would read outside the data "
