@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from flanbuild.catalog.tasks import Task
-from flanbuild.sources import loader, sample
+from flanbuild.sources import loader, sample, urls
 
 
 @dataclass
@@ -53,8 +54,8 @@ def _where(task: Task, role: str, data_dirs: list[Path], hub: bool) -> str:
     if not src.hub:
         return "nothing (no file, no hub id)"
     hub_id, config = src.mirror_location()
-    for d in data_dirs:
-        if loader.find_in_mirror(d, hub_id, config, split):
+    for d in data_dirs:  # a mirror at a URL is listed, not copied
+        if (d.remote_files if isinstance(d, urls.RemoteMirror) else partial(loader.find_in_mirror, d))(hub_id, config, split):
             return f"mirror:{d}/{hub_id}/{config}/{split}"
     at = f"{src.hub} {src.config} {split}" + (f" @{src.revision}" if src.revision else "")
     if loader._in_hf_cache(src.hub):

@@ -81,8 +81,8 @@ class RemoteMirror:
         if not exists:
             raise FlanbuildError(f"directory {self.url} does not exist")
 
-    def fetch(self, hub_id: str, config: str, split: str) -> list[Path]:
-        """Local copies of ``<hub id>/<config>/<split>.parquet`` (or ``<split>-*.parquet``), [] if none."""
+    def remote_files(self, hub_id: str, config: str, split: str) -> list[str]:
+        """The remote files of ``<hub id>/<config>/<split>.parquet`` (or ``<split>-*.parquet``), [] if none."""
         from flanbuild.catalog.untrusted import confined, escape
 
         if confined(self.local_root, hub_id, config, split) is None:
@@ -92,9 +92,16 @@ class RemoteMirror:
         folder = f"{root}/{hub_id}/{config}"
         try:
             single = f"{folder}/{split}.parquet"
-            remote = [single] if fs.isfile(single) else sorted(fs.glob(f"{folder}/{split}-*.parquet"))
+            return [single] if fs.isfile(single) else sorted(fs.glob(f"{folder}/{split}-*.parquet"))
+        except Exception as e:  # noqa: BLE001 - network and permission errors of any fsspec backend
+            raise FlanbuildError(f"cannot read {self.url}/{hub_id}/{config}: {type(e).__name__}: {e}") from None
+
+    def fetch(self, hub_id: str, config: str, split: str) -> list[Path]:
+        """Local copies of the split's files (see :meth:`remote_files`), fetched if missing or changed."""
+        fs, _ = _filesystem(self.url)
+        try:
             return [self._copy(fs, path, self.local_root / hub_id / config / path.rsplit("/", 1)[-1])
-                    for path in remote]
+                    for path in self.remote_files(hub_id, config, split)]
         except FlanbuildError:
             raise
         except Exception as e:  # noqa: BLE001 - network and permission errors of any fsspec backend
