@@ -211,7 +211,8 @@ def _make(config: BuildConfig, registry: Registry, out: Path, plan: Plan, cache_
                                                  plan.shard_keys, config, log)
         jobs = _drop_empty(jobs, stats, selection, log)
         decontaminated, dropped = _decontaminate(jobs, selection.data, paths, stats, config.recipe.decontaminate_ngram,
-                                                 log, plan.shard_keys, cache_dir)
+                                                 log, plan.shard_keys, cache_dir,
+                                                 _local_workers(config, sum(s.rows for s in stats.values())))
         collector = StatsCollector(config.seed, config.recipe.prompt.tokenizer)
         files = _write_splits(stage, jobs, paths, dropped, stats, config, collector, log)
         shutil.rmtree(parts_dir)
@@ -290,6 +291,7 @@ def _select(config: BuildConfig, registry: Registry, held: set[str], removed: se
             log: Progress) -> Selection:
     """Stage 1: each task's submixture and role, and its data with the usable rows (or why it has none)."""
     sel = Selection()
+    wanted: list[tuple[Task, Submixture, str]] = []
     for name in sorted(config.tasks or registry.tasks):
         task = registry.tasks[name]
         if config.clusters and task.cluster not in config.clusters:
@@ -300,8 +302,11 @@ def _select(config: BuildConfig, registry: Registry, held: set[str], removed: se
         elif task.cluster in removed:
             sel.removed_tasks.append(name)
         else:
-            registry.tasks[name] = _load_task(config, task, sub, "eval" if task.cluster in held else "train", sel,
-                                              cache_dir, log)
+            wanted.append((task, sub, "eval" if task.cluster in held else "train"))
+    splits = {task.name: _find_split(config, task, role) for task, _, role in wanted}
+    rows = _usable_rows([(t, d) for t, _, _ in wanted if isinstance(d := splits[t.name], SplitData)], config, cache_dir)
+    for task, sub, role in wanted:
+        registry.tasks[task.name] = _load_task(config, task, sub, role, sel, splits[task.name], rows.get(task.name), log)
     from_sample = [n for n, d in sel.data.items() if d.origin.startswith(sample.ORIGIN_PREFIX)]
     if from_sample:
         log(sample.notice(len(from_sample)))
@@ -330,17 +335,51 @@ def _check_asked_for(config: BuildConfig, registry: Registry, sel: Selection) ->
                              "ask for another task or use a recipe that includes it")
 
 
-def _load_task(config: BuildConfig, task: Task, sub: Submixture, role: str, sel: Selection, cache_dir: Path | None,
-               log: Progress) -> Task:
-    """Find one task's split and its usable rows, recording it in ``sel`` (or recording the skip).
+def _local_workers(config: BuildConfig, rows: int) -> int:
+    """Processes for the stages other than rendering (filtering, the eval index, writing): this machine's
+    workers; with --engine dask these stages stay in the client, one process."""
+    return 1 if config.engine == "dask" else config.workers or engine.default_workers(rows)
+
+
+def _find_split(config: BuildConfig, task: Task, role: str) -> SplitData | DataNotFound:
+    """The task's split, or why there is none (reported in name order by _load_task)."""
+    try:
+        if role == "eval" and task.provider == "promptsource":
+            raise DataNotFound("promptsource tasks are training-only; its cluster is held out")
+        return load_split(task, role, config.mirrors())
+    except DataNotFound as e:
+        return e
+
+
+def _usable_rows(found: list[tuple[Task, SplitData]], config: BuildConfig, cache_dir: Path | None) -> dict[str, np.ndarray]:
+    """Each task's rows that its card's filter keeps. A filter that runs row by row is most of this stage,
+    so with several workers and enough filtered rows the tasks are filtered in worker processes."""
+    filtered = [(t, d) for t, d in found if t.filter]
+    total = sum(d.num_rows for _, d in filtered)
+    workers = _local_workers(config, total)
+    out = {t.name: np.arange(d.num_rows, dtype=np.int64) for t, d in found if not t.filter}
+    if workers <= 1 or len(filtered) <= 1 or total < engine.SERIAL_BELOW:
+        out.update({t.name: valid_indices(t, d, cache_dir=cache_dir) for t, d in filtered})
+    else:
+        job = functools.partial(_filter_rows, cache_dir)
+        out.update(zip((t.name for t, _ in filtered), engine.process_map(job, filtered, workers)))
+    return out
+
+
+def _filter_rows(cache_dir: Path | None, item: tuple[Task, SplitData]) -> np.ndarray:
+    """In a worker process: one task's usable rows."""
+    return valid_indices(*item, cache_dir=cache_dir)
+
+
+def _load_task(config: BuildConfig, task: Task, sub: Submixture, role: str, sel: Selection,
+               split: SplitData | DataNotFound, rows: np.ndarray | None, log: Progress) -> Task:
+    """Record one task's split and usable rows in ``sel`` (or record why it is skipped).
 
     Returns the task as the build uses it (a promptsource task without its templates that fail here).
     """
     try:
-        if role == "eval" and task.provider == "promptsource":
-            raise DataNotFound("promptsource tasks are training-only; its cluster is held out")
-        split = load_split(task, role, config.mirrors())
-        rows = valid_indices(task, split, cache_dir=cache_dir)
+        if isinstance(split, DataNotFound):
+            raise split
         if len(rows) == 0:
             raise DataNotFound(f"the {role} split has no usable rows")
         if task.type == "prompted":
@@ -411,8 +450,8 @@ def _write_splits(stage: Path, jobs: list[RenderJob], paths: dict[str, list[Path
     total = sum(w.stop - w.start for w in writes)
     log.stage("writing the splits", total=total)
     (stage / "data").mkdir(parents=True, exist_ok=True)
-    workers = config.workers or engine.default_workers(total)
-    if config.engine == "dask" or workers <= 1 or len(writes) <= 1 or total < engine.SERIAL_BELOW:
+    workers = _local_workers(config, total)
+    if workers <= 1 or len(writes) <= 1 or total < engine.SERIAL_BELOW:
         def observe(split: str, table) -> None:
             collector.add(split, table)
             log.stage_advance(table.num_rows)
@@ -508,8 +547,8 @@ def _drop_empty(jobs: list[RenderJob], stats: dict[str, RenderStats], sel: Selec
 
 def _decontaminate(jobs: list[RenderJob], data: dict[str, SplitData], paths: dict[str, list[Path]],
                    stats: dict[str, RenderStats], ngram: int, log: Progress,
-                   shard_keys: dict[str, list[str]] | None = None,
-                   cache_dir: Path | None = None) -> tuple[dict[str, int], dict[str, tuple[np.ndarray, ...]]]:
+                   shard_keys: dict[str, list[str]] | None = None, cache_dir: Path | None = None,
+                   workers: int = 1) -> tuple[dict[str, int], dict[str, tuple[np.ndarray, ...]]]:
     """Find the train rows that overlap eval; returns removals per task and, per task, the row positions
     of each part the writer leaves out (the parts themselves are not touched).
 
@@ -533,7 +572,7 @@ def _decontaminate(jobs: list[RenderJob], data: dict[str, SplitData], paths: dic
         cached = cache.task(task_key) if keys else None
         result = decontam_cache.apply_cached(paths[job.task.name], cached) if cached is not None else None
         if result is None:
-            index = index if index is not None else _eval_index(eval_jobs, data, paths, ngram, cache, eval_key)
+            index = index if index is not None else _eval_index(eval_jobs, data, paths, ngram, cache, eval_key, workers)
             if index.empty:
                 continue
             result, to_cache = decontam_cache.filter_task(paths[job.task.name], index)
@@ -551,16 +590,26 @@ def _decontaminate(jobs: list[RenderJob], data: dict[str, SplitData], paths: dic
     return removed, dropped
 
 
+EVAL_INDEX_PIECE_ROWS = 50_000  # eval rows normalised per task of a worker (eval parts can be 10x a shard)
+
+
 def _eval_index(eval_jobs: list[RenderJob], data: dict[str, SplitData], paths: dict[str, list[Path]], ngram: int,
-                cache: "decontam_cache.DecontamCache", eval_key: str) -> decontam.EvalIndex:
-    """What train rows are checked against; the normalised eval inputs come from the cache when there."""
+                cache: "decontam_cache.DecontamCache", eval_key: str, workers: int) -> decontam.EvalIndex:
+    """What train rows are checked against; the normalised eval inputs come from the cache when there,
+    else are computed part by part (in worker processes when there are several)."""
     texts = _eval_texts(eval_jobs, data) if ngram else ()
     inputs = cache.index_inputs(eval_key) if eval_key else None
     if inputs is not None:
         index = decontam.EvalIndex.build((), texts, ngram)
         index.inputs = inputs
         return index
-    index = decontam.EvalIndex.build(decontam.eval_inputs(p for j in eval_jobs for p in paths[j.task.name]), texts, ngram)
+    sizes = [(p, parts.num_rows(p)) for j in eval_jobs for p in paths[j.task.name]]
+    pieces = [(p, a, min(a + EVAL_INDEX_PIECE_ROWS, n)) for p, n in sizes for a in range(0, n, EVAL_INDEX_PIECE_ROWS)]
+    if workers > 1 and len(pieces) > 1 and sum(n for _, n in sizes) >= engine.SERIAL_BELOW:
+        chunks = engine.process_map(decontam.normalised_inputs, pieces, workers)  # the regex is the cost
+    else:
+        chunks = [decontam.normalised_inputs(piece) for piece in pieces]
+    index = decontam.EvalIndex.from_normalised(chunks, texts, ngram)
     if eval_key:
         cache.store_index_inputs(eval_key, index.inputs)
     return index

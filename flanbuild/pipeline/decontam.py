@@ -57,11 +57,16 @@ class EvalIndex:
 
     @classmethod
     def build(cls, eval_inputs: Iterable[pa.Array], eval_texts: Iterable[str], n: int) -> "EvalIndex":
+        return cls.from_normalised([normalise_array(a) for a in eval_inputs], eval_texts, n)
+
+    @classmethod
+    def from_normalised(cls, chunks: Iterable[pa.Array], eval_texts: Iterable[str], n: int) -> "EvalIndex":
+        """From eval inputs already normalised (e.g. part by part in worker processes: normalised_inputs)."""
         ngrams: set[int] = set()
         if n:
             for text in eval_texts:
                 ngrams |= ngram_keys(text, n)
-        chunks = [normalise_array(a) for a in eval_inputs]
+        chunks = list(chunks)
         inputs = pc.unique(pa.chunked_array(chunks, pa.string()).combine_chunks()) if chunks else pa.array([], pa.string())
         return cls(inputs, ngrams, n)
 
@@ -130,8 +135,13 @@ class EvalIndex:
         return self._normalised[affix]
 
 
-def eval_inputs(paths: Iterable[Path]) -> Iterable[pa.Array]:
-    """The inputs column of rendered eval parts, batch by batch."""
-    for path in paths:
-        for batch in parts.batches(path, columns=["inputs"]):
-            yield batch.column("inputs")
+def normalised_inputs(piece: tuple[Path, int, int]) -> pa.Array:
+    """The distinct normalised inputs of rows ``start``..``stop`` of a rendered eval part."""
+    path, start, stop = piece
+    chunks, at = [], start
+    for batch in parts.batches(path, columns=["inputs"], start=start):
+        if at >= stop:
+            break
+        chunks.append(normalise_array(batch.column("inputs").slice(0, stop - at)))
+        at += batch.num_rows
+    return pc.unique(pa.chunked_array(chunks, pa.string()).combine_chunks()) if chunks else pa.array([], pa.string())

@@ -297,10 +297,10 @@ def process_map(fn: Callable, items: list, workers: int, on_done: Callable = lam
     ``on_done`` as it arrives. The processes die with the build (an error, Ctrl-C, SIGTERM)."""
     import multiprocessing
 
-    # forkserver: workers start from a clean process (no inherited Arrow/Jinja threads), and
-    # rendering modules are imported once in the server, not per worker.
+    # forkserver: workers start from a clean process (no inherited Arrow/Jinja threads), and the
+    # modules they run are imported once in the server (started by the build's first pool), not per worker.
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["flanbuild.pipeline.engine"])
+    ctx.set_forkserver_preload(["flanbuild.pipeline.engine", getattr(fn, "func", fn).__module__])
     pool = ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=ctx,
                                initializer=_worker_init, initargs=(os.getpid(),))
     restore = _terminate_on_sigterm()
