@@ -59,14 +59,17 @@ def test_same_bytes_for_any_worker_count_and_cache_state(toy_registry, tmp_path,
 
 
 def test_split_files_written_in_parallel_are_the_same_files_and_card(toy_registry, tmp_path, small_shards, monkeypatch):
-    """Several split files and workers: each file is written by its own process, its statistics merged."""
+    """With workers, filtering, rendering, the eval index and the split files (one process per file, its
+    statistics merged) run in processes: the same files and card as one process."""
     calls = []
     real = engine.process_map
-    monkeypatch.setattr(engine, "process_map", lambda fn, items, *a, **k: calls.append(items) or real(fn, items, *a, **k))
+    monkeypatch.setattr(engine, "process_map",
+                        lambda fn, items, *a, **k: calls.append(getattr(fn, "func", fn).__name__) or real(fn, items, *a, **k))
     one = _build(toy_registry, tmp_path / "one", workers=1, use_cache=False, shard_rows=170, plots=True)
     assert not calls
     two = _build(toy_registry, tmp_path / "two", workers=2, use_cache=False, shard_rows=170, plots=True)
-    assert [type(items[0]).__name__ for items in calls] == ["Shard", "ShardWrite"]
+    # card filters, rendering, the eval index and the split files: each stage ran in worker processes
+    assert calls == ["_filter_rows", "run_shard", "normalised_inputs", "_write_file"]
     assert len(one.manifest["files"]) >= 6
     assert _bytes(one) == _bytes(two)
     for name in ("README.md", "mixture.json"):
