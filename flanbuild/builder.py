@@ -291,18 +291,7 @@ def _select(config: BuildConfig, registry: Registry, held: set[str], removed: se
             log: Progress) -> Selection:
     """Stage 1: each task's submixture and role, and its data with the usable rows (or why it has none)."""
     sel = Selection()
-    wanted: list[tuple[Task, Submixture, str]] = []
-    for name in sorted(config.tasks or registry.tasks):
-        task = registry.tasks[name]
-        if config.clusters and task.cluster not in config.clusters:
-            continue
-        sub = next((s for s in config.recipe.submixtures if s.selects(name, task.cluster, task.provider)), None)
-        if sub is None:
-            sel.unselected.append(name)
-        elif task.cluster in removed:
-            sel.removed_tasks.append(name)
-        else:
-            wanted.append((task, sub, "eval" if task.cluster in held else "train"))
+    wanted = _wanted(config, registry, held, removed, sel)
     splits = {task.name: _find_split(config, task, role) for task, _, role in wanted}
     rows = _usable_rows([(t, d) for t, _, _ in wanted if isinstance(d := splits[t.name], SplitData)], config, cache_dir)
     for task, sub, role in wanted:
@@ -322,6 +311,24 @@ def _select(config: BuildConfig, registry: Registry, held: set[str], removed: se
             raise FlanbuildError(msg)
         log(f"warning: {msg}")
     return sel
+
+
+def _wanted(config: BuildConfig, registry: Registry, held: set[str], removed: set[str],
+            sel: Selection) -> list[tuple[Task, Submixture, str]]:
+    """The tasks to load, with their submixture and role; the others are recorded in ``sel``."""
+    wanted = []
+    for name in sorted(config.tasks or registry.tasks):
+        task = registry.tasks[name]
+        if config.clusters and task.cluster not in config.clusters:
+            continue
+        sub = next((s for s in config.recipe.submixtures if s.selects(name, task.cluster, task.provider)), None)
+        if sub is None:
+            sel.unselected.append(name)
+        elif task.cluster in removed:
+            sel.removed_tasks.append(name)
+        else:
+            wanted.append((task, sub, "eval" if task.cluster in held else "train"))
+    return wanted
 
 
 def _check_asked_for(config: BuildConfig, registry: Registry, sel: Selection) -> None:
