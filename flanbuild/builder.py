@@ -29,7 +29,7 @@ from flanbuild.output.stats import StatsCollector
 from flanbuild.output.manifest import SCHEMA_VERSION, Manifest, TaskRecord, fingerprint, write_manifest
 from flanbuild.output import uptodate
 from flanbuild.errors import FlanbuildError
-from flanbuild.pipeline.examples import ExampleMapper, valid_indices
+from flanbuild.pipeline.examples import ExampleMapper, cached_indices, valid_indices
 from flanbuild.catalog.recipes import Recipe, Submixture
 from flanbuild.pipeline.progress import Progress
 from flanbuild.catalog.registry import Registry, default_registry
@@ -361,10 +361,13 @@ def _find_split(config: BuildConfig, task: Task, role: str) -> SplitData | DataN
 def _usable_rows(found: list[tuple[Task, SplitData]], config: BuildConfig, cache_dir: Path | None) -> dict[str, np.ndarray]:
     """Each task's rows that its card's filter keeps. A filter that runs row by row is most of this stage,
     so with several workers and enough filtered rows the tasks are filtered in worker processes."""
-    filtered = [(t, d) for t, d in found if t.filter]
+    out = {t.name: np.arange(d.num_rows, dtype=np.int64) for t, d in found if not t.filter}
+    for t, d in found:  # cache hits first: a pool is started only for filters that must run
+        if t.filter and (hit := cached_indices(t, d, cache_dir)) is not None:
+            out[t.name] = hit
+    filtered = [(t, d) for t, d in found if t.name not in out]
     total = sum(d.num_rows for _, d in filtered)
     workers = _local_workers(config, total)
-    out = {t.name: np.arange(d.num_rows, dtype=np.int64) for t, d in found if not t.filter}
     if workers <= 1 or len(filtered) <= 1 or total < engine.SERIAL_BELOW:
         out.update({t.name: valid_indices(t, d, cache_dir=cache_dir) for t, d in filtered})
     else:

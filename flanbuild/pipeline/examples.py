@@ -132,13 +132,10 @@ def valid_indices(task: Task, data, mapper: ExampleMapper | None = None, cache_d
     n = data.num_rows
     if not task.filter:
         return np.arange(n, dtype=np.int64)
-    cached = None
-    if cache_dir is not None:
-        key = hashlib.sha256(f"{data.fingerprint()}\n{task.filter}".encode()).hexdigest()
-        cached = cache_dir / "filters" / f"{key}.idx"
-        hit = _read_filter_cache(cached, n)
-        if hit is not None:
-            return hit
+    cached = _filter_cache_path(task, data, cache_dir)
+    hit = cached_indices(task, data, cache_dir)
+    if hit is not None:
+        return hit
     from flanbuild.sources.loader import to_rows
 
     from flanbuild.pipeline.columnar import compile_filter
@@ -171,6 +168,19 @@ def valid_indices(task: Task, data, mapper: ExampleMapper | None = None, cache_d
 
 
 _FILTER_MAGIC = b"flanbuild-filter-v1\n"
+
+
+def _filter_cache_path(task: Task, data, cache_dir):
+    if cache_dir is None or not task.filter:
+        return None
+    key = hashlib.sha256(f"{data.fingerprint()}\n{task.filter}".encode()).hexdigest()
+    return cache_dir / "filters" / f"{key}.idx"
+
+
+def cached_indices(task: Task, data, cache_dir) -> np.ndarray | None:
+    """valid_indices from the filter cache, or None (a task without a filter needs no cache)."""
+    path = _filter_cache_path(task, data, cache_dir)
+    return _read_filter_cache(path, data.num_rows) if path is not None else None
 
 
 def _read_filter_cache(path, num_rows: int) -> np.ndarray | None:
