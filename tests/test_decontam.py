@@ -61,3 +61,27 @@ def test_ascii_affixes_normalise_like_the_column_version():
     rng = random.Random(0)
     texts = ["".join(rng.choice(string.printable) for _ in range(rng.randrange(30))) for _ in range(2000)]
     assert [normalise(t) for t in texts] == normalise_array(pa.array(texts)).to_pylist()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_vectorised_ngrams_decide_like_word_tuples(seed):
+    """The n-gram check hashes word ids in numpy; it must remove exactly the rows that share a word
+    n-gram (as tuples of words) with an eval text."""
+    from flanbuild.pipeline.decontam import ngram_keys
+
+    rng = random.Random(seed)
+    words = ["the", "cat", "Sat", "on", "a", "mat", "İstanbul", "ΣΑΣ", "don't", "x1", "--", "new"]
+    evals = [" ".join(rng.choice(words) for _ in range(rng.randrange(2, 12))) for _ in range(30)]
+    train = [" ".join(rng.choice(words) for _ in range(rng.randrange(0, 15))) for _ in range(400)]
+    n = rng.choice([2, 3, 4])
+    index = EvalIndex.build([pa.array(["unrelated"])], evals, n)
+    eval_grams = set().union(*(ngram_keys(t, n) for t in evals))
+    expected = [ngram_keys(t, n).isdisjoint(eval_grams) for t in train]
+    assert index.keep_mask(pa.array(train, pa.string())).to_pylist() == expected
+    assert not all(expected) and any(expected)
+
+
+def test_ngrams_of_ascii_and_other_rows_in_one_batch():
+    index = EvalIndex.build([pa.array(["unrelated"])], ["Ünïcödé words here and there", "plain words here and more"], 3)
+    train = ["so: ÜNÏCÖDÉ words here!", "PLAIN-words here", "plain words there", "", "words here and"]
+    assert index.keep_mask(pa.array(train)).to_pylist() == [False, False, True, True, False]

@@ -28,10 +28,39 @@ def normalise(text: str) -> str:
     return _FOLD.sub(" ", text.lower()).strip()
 
 
-def ngram_keys(text: str, n: int) -> set[int]:
-    """Hashes of the text's word n-grams. Python's own hash: only membership within one process matters."""
+def ngram_keys(text: str, n: int) -> set[tuple[str, ...]]:
+    """The text's word n-grams (the rule the vectorised check below implements; tests compare the two)."""
     words = normalise(text).split()
-    return {hash(tuple(words[i:i + n])) for i in range(len(words) - n + 1)}
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+_MULT = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _ngram_hashes(ids: np.ndarray, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit hashes of every n-word window that lies within one row and has only known words
+    (``ids`` >= 0; a word the eval texts never use cannot be part of a shared n-gram), and each one's row."""
+    m = len(ids) - n + 1
+    if m <= 0:
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+    h = np.zeros(m, dtype=np.uint64)
+    for k in range(n):  # polynomial over the window's word ids, wrapping at 2**64
+        h = h * _MULT + ids[k:k + m].astype(np.uint64) + np.uint64(1)
+    unknown = np.concatenate([[0], np.cumsum(ids < 0)])
+    ok = (unknown[n:] == unknown[:m]) & (rows[:m] == rows[n - 1:])
+    return h[ok], rows[:m][ok]
+
+
+def _word_ids(texts: Iterable[str], vocab: dict[str, int], grow: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(word ids, row of each word) of normalised texts; unknown words are -1 unless ``grow``."""
+    ids: list[int] = []
+    rows: list[int] = []
+    lookup = vocab.setdefault if grow else vocab.get
+    for r, text in enumerate(texts):
+        words = normalise(text).split()
+        ids.extend(lookup(w, len(vocab) if grow else -1) for w in words)
+        rows.extend([r] * len(words))
+    return np.asarray(ids, dtype=np.int64), np.asarray(rows, dtype=np.int64)
 
 
 def normalise_array(texts: pa.Array) -> pa.Array:
@@ -50,9 +79,11 @@ class EvalIndex:
     """What training rows are checked against: normalised eval inputs, and eval source n-grams."""
 
     inputs: pa.Array  # distinct normalised eval inputs
-    ngrams: set[int]
+    ngrams: np.ndarray  # sorted distinct hashes of the eval texts' n-grams (of word ids in ``vocab``)
     n: int
-    _affixes: dict = field(default_factory=dict, repr=False)  # "prefix"/"suffix": sorted eval inputs (reversed); "set"
+    vocab: dict[str, int] = field(default_factory=dict, repr=False)
+    _affixes: dict = field(default_factory=dict, repr=False)  # built on first use: "prefix"/"suffix" (sorted eval
+    # inputs, reversed for suffixes), "set" (of eval inputs), "vocab" (vocab's words in id order)
     _normalised: dict = field(default_factory=dict, repr=False)  # raw affix -> normalised (one regex call each)
 
     @classmethod
@@ -62,17 +93,17 @@ class EvalIndex:
     @classmethod
     def from_normalised(cls, chunks: Iterable[pa.Array], eval_texts: Iterable[str], n: int) -> "EvalIndex":
         """From eval inputs already normalised (e.g. part by part in worker processes: normalised_inputs)."""
-        ngrams: set[int] = set()
+        vocab: dict[str, int] = {}
+        ngrams = np.zeros(0, dtype=np.uint64)
         if n:
-            for text in eval_texts:
-                ngrams |= ngram_keys(text, n)
+            ngrams = np.unique(_ngram_hashes(*_word_ids(eval_texts, vocab, grow=True), n)[0])
         chunks = list(chunks)
         inputs = pc.unique(pa.chunked_array(chunks, pa.string()).combine_chunks()) if chunks else pa.array([], pa.string())
-        return cls(inputs, ngrams, n)
+        return cls(inputs, ngrams, n, vocab)
 
     @property
     def empty(self) -> bool:
-        return len(self.inputs) == 0 and not self.ngrams
+        return len(self.inputs) == 0 and not len(self.ngrams)
 
     def keep_mask(self, inputs: pa.Array, groups: pa.Array | None = None) -> pa.Array:
         """True for the rows of a batch that may stay in train.
@@ -96,10 +127,35 @@ class EvalIndex:
                 self._affixes["set"] = set(self.inputs.to_pylist())
             found = self._affixes["set"]
             keep[rows] = [t not in found for t in normalise_array(texts).to_pylist()]
-        if self.n and self.ngrams:
-            texts = inputs.to_pylist()
-            keep &= np.array([ngram_keys(t, self.n).isdisjoint(self.ngrams) for t in texts], dtype=bool)
+        if self.n and len(self.ngrams):  # a row goes if one of its n-grams is an eval text's
+            keep[self._ngram_rows(inputs)] = False
         return pa.array(keep)
+
+    def _ngram_rows(self, inputs: pa.Array) -> np.ndarray:
+        """Rows sharing an n-gram with an eval text. ASCII rows are split into words on whole columns
+        (RE2 normalises them exactly as Python does, tested); the others word by word in Python."""
+        is_ascii = pc.string_is_ascii(inputs).to_numpy(zero_copy_only=False)
+        found = []
+        for subset, words in ((np.flatnonzero(is_ascii), self._ascii_word_ids),
+                              (np.flatnonzero(~is_ascii), lambda t: _word_ids(t.to_pylist(), self.vocab, grow=False))):
+            if len(subset):
+                texts = inputs if len(subset) == len(inputs) else inputs.take(pa.array(subset))
+                hashes, rows = _ngram_hashes(*words(texts), self.n)
+                at = np.searchsorted(self.ngrams, hashes)
+                hit = at < len(self.ngrams)
+                hit[hit] = self.ngrams[at[hit]] == hashes[hit]
+                found.append(subset[rows[hit]])
+        return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+    def _ascii_word_ids(self, texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        if "vocab" not in self._affixes:
+            self._affixes["vocab"] = pa.array(sorted(self.vocab, key=self.vocab.get), pa.string())
+        words = pc.split_pattern(normalise_array(texts), pattern=" ")
+        flat, rows = pc.list_flatten(words), pc.list_parent_indices(words)
+        real = pc.not_equal(flat, "")  # an empty text splits into one empty word
+        ids = pc.fill_null(pc.index_in(flat.filter(real), value_set=self._affixes["vocab"]), -1)
+        return (ids.to_numpy(zero_copy_only=False).astype(np.int64),
+                rows.filter(real).to_numpy(zero_copy_only=False).astype(np.int64))
 
     def _may_match(self, texts: pa.Array) -> bool:
         if len(self.inputs) == 0:
