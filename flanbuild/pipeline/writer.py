@@ -28,6 +28,7 @@ from flanbuild.errors import FlanbuildError
 from flanbuild.pipeline.render import OUTPUT_SCHEMA
 
 WRITE_BATCH_ROWS = 8192
+READ_ROWS = 65_536  # rows gathered from the parts at once when interleaving (a multiple of WRITE_BATCH_ROWS)
 SPLITS = ("train", "eval")
 
 
@@ -197,17 +198,32 @@ def _concatenated_piece(readers: list[_PartReader], remaining: list[int], n: int
     return pa.concat_tables(tables) if tables else OUTPUT_SCHEMA.empty_table()
 
 
+def _pieces(w: ShardWrite, readers: list[_PartReader], remaining: list[int]) -> Iterator[tuple[int, int, pa.Table]]:
+    """Each row group of the file, (start, stop, rows). Interleaved rows are gathered READ_ROWS at a time
+    (a mixture of many tasks takes a few rows from each part per row group: gathering per row group
+    would cost a read per part per row group) and then cut at the row-group boundaries."""
+    if w.order is None:
+        for a, b in zip(w.cuts, w.cuts[1:]):
+            yield a, b, _concatenated_piece(readers, remaining, b - a)
+        return
+    i = 0
+    while i < len(w.cuts) - 1:
+        j = i + 1
+        while j < len(w.cuts) - 1 and w.cuts[j + 1] - w.cuts[i] <= READ_ROWS:
+            j += 1
+        gathered = _interleaved_piece(readers, w.order[w.cuts[i] - w.start:w.cuts[j] - w.start])
+        for a, b in zip(w.cuts[i:j], w.cuts[i + 1:j + 1]):
+            yield a, b, gathered.slice(a - w.cuts[i], b - a)
+        i = j
+
+
 def write_shard(out: Path, w: ShardWrite, observe: Callable[[str, pa.Table], None] | None = None) -> DataFile:
     """Write one split file. ``observe(split, table)`` sees every table written, in order: the build
     collects the card's statistics that way instead of reading the output a second time."""
     readers = [_PartReader(p, skip) for p, skip in zip(w.parts, w.first)]
     remaining = [p.rows - skip for p, skip in zip(w.parts, w.first)]
     with pq.ParquetWriter(out / w.rel, OUTPUT_SCHEMA, compression="zstd") as writer:
-        for a, b in zip(w.cuts, w.cuts[1:]):
-            if w.order is not None:
-                table = _interleaved_piece(readers, w.order[a - w.start:b - w.start])
-            else:
-                table = _concatenated_piece(readers, remaining, b - a)
+        for a, b, table in _pieces(w, readers, remaining):
             table = table.combine_chunks()
             writer.write_table(table)
             if observe is not None:
