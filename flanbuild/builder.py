@@ -573,31 +573,66 @@ def _decontaminate(jobs: list[RenderJob], data: dict[str, SplitData], paths: dic
     keys = shard_keys if shard_keys and cache_dir is not None else {}
     cache = decontam_cache.DecontamCache(cache_dir if keys else None)
     eval_key = decontam_cache.eval_key((k for j in eval_jobs for k in keys[j.task.name]), ngram) if keys else ""
-    index = None
+    results, todo = _cached_outcomes(train_jobs, paths, keys, cache, eval_key, log)
+    if todo:
+        index = _eval_index(eval_jobs, data, paths, ngram, cache, eval_key, workers)
+        if not index.empty:
+            for (job, task_key), (result, to_cache) in zip(todo, _check_tasks(index, [paths[j.task.name] for j, _ in todo],
+                                                                                workers, log)):
+                results[job.task.name] = result
+                if keys:
+                    cache.store_task(task_key, to_cache)
     removed: dict[str, int] = {}
-    dropped: dict[str, tuple[np.ndarray, ...]] = {}
+    for job in train_jobs:  # in task order, whatever order the outcomes came in
+        if job.task.name in results:
+            _remove(job.task.name, results[job.task.name], stats[job.task.name], removed, log)
+    return removed, {name: dropped for name, (_, _, dropped) in results.items()}
+
+
+def _cached_outcomes(train_jobs: list[RenderJob], paths: dict[str, list[Path]], keys: dict[str, list[str]],
+                     cache: "decontam_cache.DecontamCache", eval_key: str, log: Progress):
+    """The outcomes the decontamination cache holds for these parts, and the (job, task key) to check."""
+    results: dict[str, decontam_cache.Outcome] = {}
+    todo: list[tuple[RenderJob, str]] = []
     for job in train_jobs:
-        log.stage_advance(1)
         task_key = decontam_cache.task_key(eval_key, keys[job.task.name]) if keys else ""
         cached = cache.task(task_key) if keys else None
         result = decontam_cache.apply_cached(paths[job.task.name], cached) if cached is not None else None
         if result is None:
-            index = index if index is not None else _eval_index(eval_jobs, data, paths, ngram, cache, eval_key, workers)
-            if index.empty:
-                continue
-            result, to_cache = decontam_cache.filter_task(paths[job.task.name], index)
-            if keys:
-                cache.store_task(task_key, to_cache)
-        kept, gone, dropped[job.task.name] = result
-        if gone:
-            st = stats[job.task.name]
-            removed[job.task.name] = sum(gone.values())
-            st.rows = kept
-            for (template_id, template_type), n in gone.items():
-                st.per_template[template_id] -= n
-                st.per_type[template_type] -= n
-            log(f"decontaminated {job.task.name}: removed {removed[job.task.name]} train rows that overlap eval")
-    return removed, dropped
+            todo.append((job, task_key))
+        else:
+            results[job.task.name] = result
+            log.stage_advance(1)
+    return results, todo
+
+
+def _check_tasks(index: decontam.EvalIndex, task_paths: list[list[Path]], workers: int, log: Progress) -> list:
+    """Each task's (outcome, outcome to cache) against the index. The n-gram check costs a regular
+    expression and a word split per row, so with it, several workers and enough rows, the tasks are
+    checked in worker processes, which receive the index once each. (Without it, most rows skip the
+    regular expression, and sending the index costs more than the work.)"""
+    rows = sum(parts.num_rows(p) for paths in task_paths for p in paths)
+    if index.n and len(index.ngrams) and workers > 1 and len(task_paths) > 1 and rows >= engine.SERIAL_BELOW:
+        return engine.process_map(decontam_cache.check_task, task_paths, workers, lambda r: log.stage_advance(1),
+                                  initializer=(decontam_cache.use_index, (index,)))
+    out = []
+    for paths in task_paths:
+        out.append(decontam_cache.filter_task(paths, index))
+        log.stage_advance(1)
+    return out
+
+
+def _remove(name: str, result: "decontam_cache.Outcome", st: RenderStats, removed: dict[str, int], log: Progress) -> None:
+    """A task's decontamination outcome in its statistics (rows, per template, per template type)."""
+    kept, gone, _ = result
+    if not gone:
+        return
+    removed[name] = sum(gone.values())
+    st.rows = kept
+    for (template_id, template_type), n in gone.items():
+        st.per_template[template_id] -= n
+        st.per_type[template_type] -= n
+    log(f"decontaminated {name}: removed {removed[name]} train rows that overlap eval")
 
 
 EVAL_INDEX_PIECE_ROWS = 50_000  # eval rows normalised per task of a worker (eval parts can be 10x a shard)

@@ -148,3 +148,21 @@ def filter_task(paths: list[Path], index: EvalIndex) -> tuple[Outcome, list[dict
         to_cache.append({"kept": kept, "removed": [[t, k, n] for (t, k), n in sorted(gone.items())],
                          "positions": positions.tolist()})
     return (kept_total, removed, tuple(dropped)), to_cache
+
+
+# -- in worker processes: the index arrives once per process (pool initializer), tasks one by one --------
+
+_INDEX: EvalIndex | None = None
+
+
+def use_index(index: EvalIndex) -> None:
+    """Pool initializer: the eval index this worker process checks tasks against."""
+    global _INDEX
+    _INDEX = index
+
+
+def check_task(paths: list[Path]) -> tuple[Outcome, list[dict]]:
+    """In a worker process: filter_task against the index ``use_index`` gave this process."""
+    if _INDEX is None:
+        raise RuntimeError("check_task runs in a pool started with use_index as its initializer")
+    return filter_task(paths, _INDEX)

@@ -233,10 +233,10 @@ def run(shards: list[Shard], *, engine: str = "local", workers: int = 1, schedul
     return sorted(hits + results, key=lambda r: r.number)
 
 
-def _worker_init(parent_pid: int) -> None:
+def _worker_init(parent_pid: int, initializer: tuple[Callable, tuple] | None = None) -> None:
     """In each worker: die with the build. Linux: SIGKILL when the parent (the fork server, which exits
     when the build does) dies; everywhere: a watchdog thread that exits once the build's process is gone.
-    Ctrl-C is the build's to handle (it terminates the workers)."""
+    Ctrl-C is the build's to handle (it terminates the workers). Then the pool's own ``initializer``, if any."""
     import signal
     import threading
     import time
@@ -264,6 +264,9 @@ def _worker_init(parent_pid: int) -> None:
             time.sleep(0.5)
 
     threading.Thread(target=watch, name="flanbuild-parent-watch", daemon=True).start()
+    if initializer is not None:
+        fn, args = initializer
+        fn(*args)
 
 
 def _terminate_on_sigterm():
@@ -292,9 +295,12 @@ def _kill_pool(pool: ProcessPoolExecutor) -> None:
             pass
 
 
-def process_map(fn: Callable, items: list, workers: int, on_done: Callable = lambda r: None) -> list:
+def process_map(fn: Callable, items: list, workers: int, on_done: Callable = lambda r: None,
+                initializer: tuple[Callable, tuple] | None = None) -> list:
     """``fn`` over ``items`` in up to ``workers`` processes; results in item order, each also handed to
-    ``on_done`` as it arrives. The processes die with the build (an error, Ctrl-C, SIGTERM)."""
+    ``on_done`` as it arrives. ``initializer`` (a function and its arguments) runs once in each process:
+    for state every item needs, sent once per process rather than with every item. The processes die
+    with the build (an error, Ctrl-C, SIGTERM)."""
     import multiprocessing
 
     # forkserver: workers start from a clean process (no inherited Arrow/Jinja threads), and the
@@ -302,7 +308,7 @@ def process_map(fn: Callable, items: list, workers: int, on_done: Callable = lam
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["flanbuild.pipeline.engine", getattr(fn, "func", fn).__module__])
     pool = ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=ctx,
-                               initializer=_worker_init, initargs=(os.getpid(),))
+                               initializer=_worker_init, initargs=(os.getpid(), initializer))
     restore = _terminate_on_sigterm()
     try:
         results = []
