@@ -81,3 +81,15 @@ def test_publish_replaces_old_output(tmp_path):
     writer.publish(stage, out)
     assert (out / "mixture.json").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_gathering_several_row_groups_at_once_gives_the_same_files(tmp_path, monkeypatch):
+    parts = [make_part(tmp_path, "a", 20_000, dropped={5, 9000}), make_part(tmp_path, "b", 9_000),
+             make_part(tmp_path, "c", 4_000)]
+    files = {}
+    for per_gather in (10**9, 1):  # one row group per gather; three (one per part, up to 8)
+        monkeypatch.setattr(writer, "PARTS_PER_GATHER", per_gather)
+        out = tmp_path / f"out{per_gather}"
+        written = writer.write_split(out, "train", parts, interleave=True, seed=3, shard_rows=10_000)
+        files[per_gather] = [(out / f.path).read_bytes() for f in written]
+    assert len(files[1]) == 4 and files[1] == files[10**9]

@@ -28,7 +28,7 @@ from flanbuild.errors import FlanbuildError
 from flanbuild.pipeline.render import OUTPUT_SCHEMA
 
 WRITE_BATCH_ROWS = 8192
-READ_ROWS = 65_536  # rows gathered from the parts at once when interleaving (a multiple of WRITE_BATCH_ROWS)
+PARTS_PER_GATHER = 128  # interleaving gathers one more row group at a time per this many parts (up to 8)
 SPLITS = ("train", "eval")
 
 
@@ -199,17 +199,18 @@ def _concatenated_piece(readers: list[_PartReader], remaining: list[int], n: int
 
 
 def _pieces(w: ShardWrite, readers: list[_PartReader], remaining: list[int]) -> Iterator[tuple[int, int, pa.Table]]:
-    """Each row group of the file, (start, stop, rows). Interleaved rows are gathered READ_ROWS at a time
-    (a mixture of many tasks takes a few rows from each part per row group: gathering per row group
-    would cost a read per part per row group) and then cut at the row-group boundaries."""
+    """Each row group of the file, (start, stop, rows). With many parts, interleaved rows are gathered
+    several row groups at a time and then cut at the row-group boundaries: a mixture of ~1,000 tasks
+    takes a few rows from each part per row group, and a read per part per row group is what costs."""
     if w.order is None:
         for a, b in zip(w.cuts, w.cuts[1:]):
             yield a, b, _concatenated_piece(readers, remaining, b - a)
         return
+    span = WRITE_BATCH_ROWS * min(8, max(1, len(w.parts) // PARTS_PER_GATHER))
     i = 0
     while i < len(w.cuts) - 1:
         j = i + 1
-        while j < len(w.cuts) - 1 and w.cuts[j + 1] - w.cuts[i] <= READ_ROWS:
+        while j < len(w.cuts) - 1 and w.cuts[j + 1] - w.cuts[i] <= span:
             j += 1
         gathered = _interleaved_piece(readers, w.order[w.cuts[i] - w.start:w.cuts[j] - w.start])
         for a, b in zip(w.cuts[i:j], w.cuts[i + 1:j + 1]):
