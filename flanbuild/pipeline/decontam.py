@@ -82,7 +82,7 @@ class EvalIndex:
     ngrams: np.ndarray  # sorted distinct hashes of the eval texts' n-grams (of word ids in ``vocab``)
     n: int
     vocab: dict[str, int] = field(default_factory=dict, repr=False)
-    _affixes: dict = field(default_factory=dict, repr=False)  # built on first use: "prefix"/"suffix" (sorted eval
+    _lookups: dict = field(default_factory=dict, repr=False)  # built on first use: "prefix"/"suffix" (sorted eval
     # inputs, reversed for suffixes), "set" (of eval inputs), "vocab" (vocab's words in id order)
     _normalised: dict = field(default_factory=dict, repr=False)  # raw affix -> normalised (one regex call each)
 
@@ -123,9 +123,9 @@ class EvalIndex:
         if check.any():  # one membership test for all of them (each builds a hash set of the eval inputs)
             rows = np.flatnonzero(check)
             texts = inputs if len(rows) == len(inputs) else inputs.take(pa.array(rows))
-            if "set" not in self._affixes:  # a Python set, built once (pc.is_in builds one per call)
-                self._affixes["set"] = set(self.inputs.to_pylist())
-            found = self._affixes["set"]
+            if "set" not in self._lookups:  # a Python set, built once (pc.is_in builds one per call)
+                self._lookups["set"] = set(self.inputs.to_pylist())
+            found = self._lookups["set"]
             keep[rows] = [t not in found for t in normalise_array(texts).to_pylist()]
         if self.n and len(self.ngrams):  # a row goes if one of its n-grams is an eval text's
             keep[self._ngram_rows(inputs)] = False
@@ -148,12 +148,12 @@ class EvalIndex:
         return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
     def _ascii_word_ids(self, texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-        if "vocab" not in self._affixes:
-            self._affixes["vocab"] = pa.array(sorted(self.vocab, key=self.vocab.get), pa.string())
+        if "vocab" not in self._lookups:
+            self._lookups["vocab"] = pa.array(sorted(self.vocab, key=self.vocab.get), pa.string())
         words = pc.split_pattern(normalise_array(texts), pattern=" ")
         flat, rows = pc.list_flatten(words), pc.list_parent_indices(words)
         real = pc.not_equal(flat, "")  # an empty text splits into one empty word
-        ids = pc.fill_null(pc.index_in(flat.filter(real), value_set=self._affixes["vocab"]), -1)
+        ids = pc.fill_null(pc.index_in(flat.filter(real), value_set=self._lookups["vocab"]), -1)
         return (ids.to_numpy(zero_copy_only=False).astype(np.int64),
                 rows.filter(real).to_numpy(zero_copy_only=False).astype(np.int64))
 
@@ -175,10 +175,10 @@ class EvalIndex:
     def _eval_has(self, kind: str, affix: str) -> bool:
         """Whether some eval input starts (ends) with ``affix``: a binary search in the sorted eval inputs
         (or their sorted reversals), built on first use."""
-        if kind not in self._affixes:
+        if kind not in self._lookups:
             values = self.inputs.to_pylist()
-            self._affixes[kind] = sorted(values if kind == "prefix" else (v[::-1] for v in values))
-        ordered = self._affixes[kind]
+            self._lookups[kind] = sorted(values if kind == "prefix" else (v[::-1] for v in values))
+        ordered = self._lookups[kind]
         key = affix if kind == "prefix" else affix[::-1]
         i = bisect.bisect_left(ordered, key)
         return i < len(ordered) and ordered[i].startswith(key)
