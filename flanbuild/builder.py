@@ -150,7 +150,7 @@ def build(config: BuildConfig, registry: Registry | None = None, progress: Progr
         out = out.resolve()
     registry, unmatched = _check_inputs(config, out, registry)
     checks.check_names(registry, config)
-    cache_dir = (config.cache_dir or engine.default_cache_dir()) if config.use_cache else None
+    cache_dir = (config.cache_dir or urls.default_cache_dir()) if config.use_cache else None
     held, removed = mixer.excluded_clusters(registry.clusters, config.mix.heldout or config.recipe.heldout,
                                             config.mix.extra_removals)
     selection = _select(config, registry, held, removed, cache_dir, log)

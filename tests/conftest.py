@@ -147,6 +147,25 @@ def toy_build(registry, out: Path, *, mix=None, plots: bool = False, **config):
     return build(BuildConfig(out=out, mix=mix, plots=plots, **config), registry=registry)
 
 
+def memory_registry(rows: int):
+    """A registry of two in-memory tasks (Python API tables, no files): mem_qa (train, cluster qa) and
+    mem_held (eval, cluster held), ``rows`` rows each, one template."""
+    import pyarrow as pa
+
+    from flanbuild.catalog.registry import Registry
+    from flanbuild.catalog.tasks import Source, Task
+    from flanbuild.catalog.templates import Template
+
+    registry = Registry()
+    registry.register_cluster("qa")
+    registry.register_cluster("held")
+    for name, cluster, role in (("mem_qa", "qa", "train"), ("mem_held", "held", "eval")):
+        table = pa.table({"q": [f"{name} question {i}" for i in range(rows)], "a": [f"answer {i}" for i in range(rows)]})
+        registry.register_task(Task(name=name, cluster=cluster, source=Source(tables={role: table}), fields={"q": "q"},
+                                    type="generation", answer="a"), [Template(1, "Q: {{q}}", "{{answer}}")])
+    return registry
+
+
 def read_split(out: Path, split: str):
     """All rows of one split of a build, as one pyarrow Table (shards in order)."""
     import pyarrow as pa

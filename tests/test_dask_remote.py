@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import toy_build
+from conftest import memory_registry, toy_build
 
 distributed = pytest.importorskip("dask.distributed")
 
@@ -236,25 +236,14 @@ def test_a_shard_whose_worker_dies_is_shipped_again(toy_registry, tmp_path, smal
 
 def test_in_memory_sources_ship_only_the_shards_rows(tmp_path, small_shards):
     """Python API tables (source.tables) are not sent whole with every shard, and give the local bytes."""
-    import pyarrow as pa
-
     from flanbuild.builder import BuildConfig, build
-    from flanbuild.catalog.registry import Registry
-    from flanbuild.catalog.tasks import Source, Task
-    from flanbuild.catalog.templates import Template
     from flanbuild.pipeline import engine
     from flanbuild.pipeline.mixer import MixConfig
     from flanbuild.pipeline.remote import ship
     from flanbuild.pipeline.render import RenderJob
     from flanbuild.sources.loader import load_split
 
-    registry = Registry()
-    registry.register_cluster("qa")
-    registry.register_cluster("held")
-    for name, cluster, role in (("mem_qa", "qa", "train"), ("mem_held", "held", "eval")):
-        table = pa.table({"q": [f"{name} question {i}" for i in range(200)], "a": [f"answer {i}" for i in range(200)]})
-        registry.register_task(Task(name=name, cluster=cluster, source=Source(tables={role: table}), fields={"q": "q"},
-                                    type="generation", answer="a"), [Template(1, "Q: {{q}}", "{{answer}}")])
+    registry = memory_registry(200)
     task = registry.task("mem_qa")
     job, rows = ship(RenderJob(task, "train", np.arange(10, 20), 0, "m"), load_split(task, "train", []))
     assert job.task.source.tables == {} and rows.table.num_rows == 10

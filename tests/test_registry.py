@@ -4,7 +4,7 @@ from flanbuild.errors import FlanbuildError
 from flanbuild.catalog.registry import Registry, builtin_catalog_dir
 from flanbuild.catalog.tasks import Source, Task
 from flanbuild.catalog.templates import Template
-from conftest import write
+from conftest import memory_registry, write
 
 
 def test_toy_catalog_loads(toy_registry):
@@ -96,18 +96,10 @@ def test_builtin_catalog_found_from_checkout():
 
 
 def test_in_memory_source_builds(tmp_path):
-    import pyarrow as pa
-
     from flanbuild.builder import BuildConfig, build
     from flanbuild.pipeline.mixer import MixConfig
 
-    registry = Registry()
-    registry.register_cluster("qa")
-    registry.register_cluster("held")
-    for name, cluster, role in (("mem_qa", "qa", "train"), ("mem_held", "held", "eval")):
-        table = pa.table({"q": [f"{name} question {i}" for i in range(30)], "a": [f"answer {i}" for i in range(30)]})
-        registry.register_task(Task(name=name, cluster=cluster, source=Source(tables={role: table}), fields={"q": "q"},
-                                    type="generation", answer="a"), [Template(1, "Q: {{q}}", "{{answer}}")])
+    registry = memory_registry(30)
     m = build(BuildConfig(out=tmp_path / "o", mix=MixConfig(heldout=("held",))), registry=registry).manifest
     assert m["tasks"]["mem_qa"]["rows"] == 30 and m["tasks"]["mem_qa"]["source"] == "memory:mem_qa/train"
     assert m["tasks"]["mem_held"]["role"] == "eval"

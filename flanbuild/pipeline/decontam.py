@@ -10,6 +10,7 @@ Removals are counted per task.
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +85,6 @@ class EvalIndex:
     vocab: dict[str, int] = field(default_factory=dict, repr=False)
     _lookups: dict = field(default_factory=dict, repr=False)  # built on first use: "prefix"/"suffix" (sorted eval
     # inputs, reversed for suffixes), "set" (of eval inputs), "vocab" (vocab's words in id order)
-    _normalised: dict = field(default_factory=dict, repr=False)  # raw affix -> normalised (one regex call each)
 
     @classmethod
     def build(cls, eval_inputs: Iterable[pa.Array], eval_texts: Iterable[str], n: int) -> "EvalIndex":
@@ -166,7 +166,7 @@ class EvalIndex:
                 affix = first[:size] if kind == "prefix" else first[-size:]
                 if not pc.all(test(texts, pattern=affix)).as_py():
                     continue
-                norm = self._normalised_affix(affix)
+                norm = _normalised_affix(affix)
                 if norm and not self._eval_has(kind, norm):
                     return False
                 break  # a shorter affix is a weaker test: an eval input with this one has it too
@@ -183,12 +183,12 @@ class EvalIndex:
         i = bisect.bisect_left(ordered, key)
         return i < len(ordered) and ordered[i].startswith(key)
 
-    def _normalised_affix(self, affix: str) -> str:
-        if affix.isascii():  # where Python's rule and RE2's agree exactly (and no regex is compiled per call)
-            return normalise(affix)
-        if affix not in self._normalised:
-            self._normalised[affix] = normalise_array(pa.array([affix], pa.string()))[0].as_py()
-        return self._normalised[affix]
+
+@functools.lru_cache(maxsize=4096)
+def _normalised_affix(affix: str) -> str:
+    """``normalise`` of one affix: Python's rule for ASCII (where it and RE2 agree exactly, and no regex
+    is compiled per call), RE2's otherwise."""
+    return normalise(affix) if affix.isascii() else normalise_array(pa.array([affix], pa.string()))[0].as_py()
 
 
 def normalised_inputs(piece: tuple[Path, int, int]) -> pa.Array:

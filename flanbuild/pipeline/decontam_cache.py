@@ -6,7 +6,7 @@ n-gram setting). So the outcome for one task (rows kept, removed rows by templat
 positions went) is cached under a key made of those, and a rebuild re-applies it without looking at
 the eval split: after one template of a training task changed, only that task is checked again. The
 normalised eval inputs (the expensive part of the index: a regular expression over every eval input)
-are cached under the eval key too; n-gram sets are not (they use Python's per-process string hash).
+are cached under the eval key too; the n-gram hashes are not (they are built from the eval texts, cheaply).
 
 Decontamination never rewrites a part: it names the row positions to leave out, and the writer skips
 them (``writer.Part.dropped``), whether they come from the index or from the cache.
@@ -29,7 +29,6 @@ from flanbuild.pipeline import parts
 from flanbuild.pipeline.decontam import EvalIndex
 
 SCHEME = "decontam-v1"
-BATCH_ROWS = 8192
 
 
 def eval_key(eval_shard_keys: Iterable[str], ngram: int) -> str:

@@ -29,7 +29,6 @@ from flanbuild.pipeline import parts
 from flanbuild.pipeline.writer import sha256_file
 from flanbuild.pipeline.render import RenderJob, RenderStats, write_part
 from flanbuild.sources.loader import SplitData
-from flanbuild.sources.urls import default_cache_dir  # noqa: F401 - the cache root, re-exported
 
 SHARD_ROWS = 50_000
 SERIAL_BELOW = 20_000  # fewer selected rows than this: a process pool costs more than it saves

@@ -198,13 +198,13 @@ def _concatenated_piece(readers: list[_PartReader], remaining: list[int], n: int
     return pa.concat_tables(tables) if tables else OUTPUT_SCHEMA.empty_table()
 
 
-def _pieces(w: ShardWrite, readers: list[_PartReader], remaining: list[int]) -> Iterator[tuple[int, int, pa.Table]]:
-    """Each row group of the file, (start, stop, rows). With many parts, interleaved rows are gathered
+def _pieces(w: ShardWrite, readers: list[_PartReader], remaining: list[int]) -> Iterator[pa.Table]:
+    """The rows of each row group of the file, in order. With many parts, interleaved rows are gathered
     several row groups at a time and then cut at the row-group boundaries: a mixture of ~1,000 tasks
     takes a few rows from each part per row group, and a read per part per row group is what costs."""
     if w.order is None:
         for a, b in zip(w.cuts, w.cuts[1:]):
-            yield a, b, _concatenated_piece(readers, remaining, b - a)
+            yield _concatenated_piece(readers, remaining, b - a)
         return
     span = WRITE_BATCH_ROWS * min(8, max(1, len(w.parts) // PARTS_PER_GATHER))
     i = 0
@@ -214,7 +214,7 @@ def _pieces(w: ShardWrite, readers: list[_PartReader], remaining: list[int]) -> 
             j += 1
         gathered = _interleaved_piece(readers, w.order[w.cuts[i] - w.start:w.cuts[j] - w.start])
         for a, b in zip(w.cuts[i:j], w.cuts[i + 1:j + 1]):
-            yield a, b, gathered.slice(a - w.cuts[i], b - a)
+            yield gathered.slice(a - w.cuts[i], b - a)
         i = j
 
 
@@ -224,7 +224,7 @@ def write_shard(out: Path, w: ShardWrite, observe: Callable[[str, pa.Table], Non
     readers = [_PartReader(p, skip) for p, skip in zip(w.parts, w.first)]
     remaining = [p.rows - skip for p, skip in zip(w.parts, w.first)]
     with pq.ParquetWriter(out / w.rel, OUTPUT_SCHEMA, compression="zstd") as writer:
-        for a, b, table in _pieces(w, readers, remaining):
+        for table in _pieces(w, readers, remaining):
             table = table.combine_chunks()
             writer.write_table(table)
             if observe is not None:
