@@ -79,6 +79,22 @@ def test_select_rows_seeded_capped_and_repeating():
     assert len(values) == 300 and sorted(set(counts)) == [2, 3] and counts.sum() == 750
 
 
+def test_select_rows_equals_the_ranking_it_defines():
+    """The partition-based selection gives exactly the rows of the full seeded ranking."""
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 17, 1000):
+        valid = np.sort(rng.choice(5 * n, size=n, replace=False))
+        for used, count in ((n, n), (n, 3 * n + 1), (max(1, n // 3), n), (n + 5, 2), (1, 4), (n, 1)):
+            pool = mixer.ranked_pool(0, "t", "train", valid, used)
+            full, rest = divmod(count, len(pool))
+            expected = np.sort(np.concatenate([np.tile(pool, full), pool[:rest]]))
+            assert np.array_equal(mixer.select_rows(0, "t", "train", valid, used, count), expected), (n, used, count)
+        for cap in (1, n // 2, n - 1):
+            if cap:
+                expected = np.sort(mixer.ranked_pool(0, "t", "eval", valid, cap))
+                assert np.array_equal(mixer.select_eval(0, "t", valid, cap), expected)
+
+
 def test_select_eval_cap():
     valid = np.arange(50)
     assert np.array_equal(mixer.select_eval(0, "t", valid, 0), valid)

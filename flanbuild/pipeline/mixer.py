@@ -149,14 +149,29 @@ def select_rows(seed: int, task: str, role: str, valid: np.ndarray, used: int, c
     """Which source rows a task contributes: a seeded sample, sorted (repeats when count > used).
 
     Rows are ranked by a seeded key; the first ``used`` form the task's capped pool, and the first
-    ``count`` of the pool are taken (the whole pool again for each full repeat).
+    ``count`` of the pool are taken (the whole pool again for each full repeat). The result is sorted,
+    so only *which* rows lead the ranking matters, not their order: a partition finds them in linear
+    time instead of sorting every key (5M rows: 0.05 s instead of 0.9 s).
     """
-    if count <= 0 or len(valid) == 0:
+    size = min(used, len(valid))
+    if count <= 0 or size <= 0:
         return np.zeros(0, dtype=np.int64)
-    pool = ranked_pool(seed, task, role, valid, used)
-    full, rest = divmod(count, len(pool))
-    picked = np.concatenate([np.tile(pool, full), pool[:rest]])
-    return np.sort(picked, kind="stable")
+    keys = seeding.index_keys(seed, ("select", task, role), valid)
+    full, rest = divmod(count, size)
+    in_pool = _leading(keys, size)
+    rows, copies = valid[in_pool], full + _leading(keys, rest)[in_pool]
+    order = np.argsort(rows, kind="stable")
+    return np.repeat(rows[order], copies[order])
+
+
+def _leading(keys: np.ndarray, m: int) -> np.ndarray:
+    """Mask of the ``m`` smallest keys. Keys of distinct indices are distinct (SplitMix64 is a bijection),
+    so the m-th smallest key separates exactly m of them."""
+    if m >= len(keys):
+        return np.ones(len(keys), dtype=bool)
+    if m <= 0:
+        return np.zeros(len(keys), dtype=bool)
+    return keys <= np.partition(keys, m - 1)[m - 1]
 
 
 def ranked_pool(seed: int, task: str, role: str, valid: np.ndarray, size: int) -> np.ndarray:
@@ -169,5 +184,4 @@ def select_eval(seed: int, task: str, valid: np.ndarray, cap: int) -> np.ndarray
     """Eval examples of a held-out task: all of them, or a seeded sample of ``cap``."""
     if not cap or cap >= len(valid):
         return valid
-    keys = seeding.index_keys(seed, ("select", task, "eval"), valid)
-    return np.sort(valid[np.argsort(keys, kind="stable")[:cap]])
+    return np.sort(valid[_leading(seeding.index_keys(seed, ("select", task, "eval"), valid), cap)])
