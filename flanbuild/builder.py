@@ -643,11 +643,9 @@ def _eval_index(eval_jobs: list[RenderJob], data: dict[str, SplitData], paths: d
     """What train rows are checked against; the normalised eval inputs come from the cache when there,
     else are computed part by part (in worker processes when there are several)."""
     texts = _eval_texts(eval_jobs, data) if ngram else ()
-    inputs = cache.index_inputs(eval_key) if eval_key else None
-    if inputs is not None:
-        index = decontam.EvalIndex.build((), texts, ngram)
-        index.inputs = inputs
-        return index
+    cached = cache.index(eval_key, texts, ngram) if eval_key else None
+    if cached is not None:
+        return cached
     sizes = [(p, parts.num_rows(p)) for j in eval_jobs for p in paths[j.task.name]]
     pieces = [(p, a, min(a + EVAL_INDEX_PIECE_ROWS, n)) for p, n in sizes for a in range(0, n, EVAL_INDEX_PIECE_ROWS)]
     if workers > 1 and len(pieces) > 1 and sum(n for _, n in sizes) >= engine.SERIAL_BELOW:
@@ -656,7 +654,7 @@ def _eval_index(eval_jobs: list[RenderJob], data: dict[str, SplitData], paths: d
         chunks = [decontam.normalised_inputs(piece) for piece in pieces]
     index = decontam.EvalIndex.from_normalised(chunks, texts, ngram)
     if eval_key:
-        cache.store_index_inputs(eval_key, index.inputs)
+        cache.store_index(eval_key, index)
     return index
 
 

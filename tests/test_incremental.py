@@ -87,6 +87,15 @@ def test_decontamination_from_the_cache_gives_the_same_bytes(toy_catalog, tmp_pa
     assert second.manifest["fingerprint"] == unedited.manifest["fingerprint"]
     assert second.manifest["decontaminated"] == unedited.manifest["decontaminated"]
     assert second.manifest["tasks"] == unedited.manifest["tasks"]
+    # the contaminated task itself changes: it is checked again against the cached eval index (sorted
+    # inputs and reversals read back, suffix lookups for template 1), with the same removals
+    template = toy_catalog / "templates" / "sent_a.yaml"
+    template.write_text(template.read_text().replace("Answer {{", "Please answer {{"))
+    third = toy_build(_registry(toy_catalog), tmp_path / "d", cache_dir=cache)
+    fresh = toy_build(_registry(toy_catalog), tmp_path / "e", use_cache=False)
+    assert third.manifest["decontaminated"] == fresh.manifest["decontaminated"]
+    assert third.manifest["decontaminated"]["per_task"].get("sent_a", 0) > 0
+    assert third.manifest["fingerprint"] == fresh.manifest["fingerprint"]
 
 
 def test_decontamination_in_worker_processes_gives_the_same_bytes(toy_catalog, tmp_path, monkeypatch):

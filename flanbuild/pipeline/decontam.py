@@ -79,12 +79,13 @@ AFFIX_CHARS = (64, 24, 8)  # raw prefix/suffix lengths tried when looking for wh
 class EvalIndex:
     """What training rows are checked against: normalised eval inputs, and eval source n-grams."""
 
-    inputs: pa.Array  # distinct normalised eval inputs
+    inputs: pa.Array  # distinct normalised eval inputs, sorted (code point order, as Python sorts str)
     ngrams: np.ndarray  # sorted distinct hashes of the eval texts' n-grams (of word ids in ``vocab``)
     n: int
     vocab: dict[str, int] = field(default_factory=dict, repr=False)
-    _lookups: dict = field(default_factory=dict, repr=False)  # built on first use: "prefix"/"suffix" (sorted eval
-    # inputs, reversed for suffixes), "set" (of eval inputs), "vocab" (vocab's words in id order)
+    reversals: pa.Array | None = None  # the inputs reversed, sorted (for suffix lookups; built on first need)
+    _lookups: dict = field(default_factory=dict, repr=False)  # built on first use: "prefix"/"suffix" (the
+    # two sorted arrays as Python lists, for binary search), "vocab" (vocab's words in id order)
 
     @classmethod
     def build(cls, eval_inputs: Iterable[pa.Array], eval_texts: Iterable[str], n: int) -> "EvalIndex":
@@ -93,13 +94,27 @@ class EvalIndex:
     @classmethod
     def from_normalised(cls, chunks: Iterable[pa.Array], eval_texts: Iterable[str], n: int) -> "EvalIndex":
         """From eval inputs already normalised (e.g. part by part in worker processes: normalised_inputs)."""
+        chunks = list(chunks)
+        unique = pc.unique(pa.chunked_array(chunks, pa.string()).combine_chunks()) if chunks else pa.array([], pa.string())
+        return cls.from_sorted(pa.array(sorted(unique.to_pylist()), pa.string()), eval_texts, n)
+
+    @classmethod
+    def from_sorted(cls, inputs: pa.Array, eval_texts: Iterable[str], n: int, reversals: pa.Array | None = None) -> "EvalIndex":
+        """From distinct normalised inputs already sorted (and their sorted reversals), e.g. from the cache."""
         vocab: dict[str, int] = {}
         ngrams = np.zeros(0, dtype=np.uint64)
         if n:
             ngrams = np.unique(_ngram_hashes(*_word_ids(eval_texts, vocab, grow=True), n)[0])
-        chunks = list(chunks)
-        inputs = pc.unique(pa.chunked_array(chunks, pa.string()).combine_chunks()) if chunks else pa.array([], pa.string())
-        return cls(inputs, ngrams, n, vocab)
+        return cls(inputs, ngrams, n, vocab, reversals)
+
+    def with_reversals(self) -> "EvalIndex":
+        """This index with ``reversals`` built (what the cache stores, so that a rebuild does not sort)."""
+        if self.reversals is None:
+            self.reversals = pa.array(self._sorted("suffix"), pa.string())
+        return self
+
+    def __getstate__(self) -> dict:  # worker processes get the Arrow arrays; the Python lists are rebuilt there
+        return {**self.__dict__, "_lookups": {}}
 
     @property
     def empty(self) -> bool:
@@ -123,10 +138,8 @@ class EvalIndex:
         if check.any():  # one membership test for all of them (each builds a hash set of the eval inputs)
             rows = np.flatnonzero(check)
             texts = inputs if len(rows) == len(inputs) else inputs.take(pa.array(rows))
-            if "set" not in self._lookups:  # a Python set, built once (pc.is_in builds one per call)
-                self._lookups["set"] = set(self.inputs.to_pylist())
-            found = self._lookups["set"]
-            keep[rows] = [t not in found for t in normalise_array(texts).to_pylist()]
+            ordered = self._sorted("prefix")  # a binary search each (pc.is_in builds a hash set per call)
+            keep[rows] = [not _starts_one(ordered, t, whole=True) for t in normalise_array(texts).to_pylist()]
         if self.n and len(self.ngrams):  # a row goes if one of its n-grams is an eval text's
             keep[self._ngram_rows(inputs)] = False
         return pa.array(keep)
@@ -174,14 +187,25 @@ class EvalIndex:
 
     def _eval_has(self, kind: str, affix: str) -> bool:
         """Whether some eval input starts (ends) with ``affix``: a binary search in the sorted eval inputs
-        (or their sorted reversals), built on first use."""
+        (or their sorted reversals)."""
+        return _starts_one(self._sorted(kind), affix if kind == "prefix" else affix[::-1])
+
+    def _sorted(self, kind: str) -> list[str]:
+        """The sorted eval inputs ("prefix") or their sorted reversals ("suffix") as a Python list."""
         if kind not in self._lookups:
-            values = self.inputs.to_pylist()
-            self._lookups[kind] = sorted(values if kind == "prefix" else (v[::-1] for v in values))
-        ordered = self._lookups[kind]
-        key = affix if kind == "prefix" else affix[::-1]
-        i = bisect.bisect_left(ordered, key)
-        return i < len(ordered) and ordered[i].startswith(key)
+            if kind == "prefix":
+                self._lookups[kind] = self.inputs.to_pylist()
+            elif self.reversals is not None:
+                self._lookups[kind] = self.reversals.to_pylist()
+            else:
+                self._lookups[kind] = sorted(v[::-1] for v in self._sorted("prefix"))
+        return self._lookups[kind]
+
+
+def _starts_one(ordered: list[str], key: str, whole: bool = False) -> bool:
+    """Whether a string of sorted ``ordered`` starts with ``key`` (equals it, with ``whole``)."""
+    i = bisect.bisect_left(ordered, key)
+    return i < len(ordered) and (ordered[i] == key if whole else ordered[i].startswith(key))
 
 
 @functools.lru_cache(maxsize=4096)
