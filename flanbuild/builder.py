@@ -221,7 +221,8 @@ def _make(config: BuildConfig, registry: Registry, out: Path, plan: Plan, cache_
         _complete(manifest, config, registry, plan.key)
         write_manifest(stage, manifest)
         log.stage("writing the dataset card", detail="plots off" if not config.plots else "")
-        write_card(stage, manifest, registry.tasks, plots=config.plots, stats=collector.finish(manifest))
+        write_card(stage, manifest, registry.tasks, plots=config.plots, stats=collector.finish(manifest),
+                   cache_dir=cache_dir)
         writer.publish(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

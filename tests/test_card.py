@@ -323,3 +323,30 @@ def test_readme_columns_table_is_the_cards():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     table = re.search(r"<!-- columns:start -->\n(.*?)\n<!-- columns:end -->", readme, re.S).group(1)
     assert table == columns_markdown(), "regenerate README's table: flanbuild.output.card.columns_markdown()"
+
+
+def test_pictures_of_the_same_numbers_come_from_the_cache(toy_registry, tmp_path, monkeypatch):
+    """A picture is named by what it shows: the same numbers copy it (same bytes, nothing drawn); a
+    changed number draws it again."""
+    from flanbuild.output import plots
+    from flanbuild.output.stats import scan
+
+    out, manifest = toy_out(toy_registry, tmp_path / "out")
+    stats, cache = scan(out, manifest), tmp_path / "cache"
+    for d in ("a", "b", "c"):
+        (tmp_path / d).mkdir()
+    plots.write_plots(tmp_path / "a", manifest, stats, cache)
+    assert len(list((cache / "plots").rglob("*.png"))) == 2
+
+    def not_drawn(*_):
+        raise AssertionError("drawn instead of copied")
+
+    monkeypatch.setattr(plots, "composition_png", not_drawn)
+    monkeypatch.setattr(plots, "lengths_png", not_drawn)
+    plots.write_plots(tmp_path / "b", manifest, stats, cache)
+    for name in (plots.COMPOSITION_PNG, plots.LENGTHS_PNG):
+        assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "a" / name).read_bytes()
+    changed = json.loads(json.dumps(manifest))
+    changed["tasks"]["sent_a"]["rows"] += 1
+    with pytest.raises(AssertionError, match="drawn instead of copied"):
+        plots.write_plots(tmp_path / "c", changed, stats, cache)

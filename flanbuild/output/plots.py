@@ -4,11 +4,21 @@ matplotlib is imported inside the functions, and only its object-oriented API wi
 used (no pyplot, no global backend switch). Figures are drawn under matplotlib's default style, whatever
 the user's matplotlibrc says, and saved without the ``Software`` metadata, so the same build writes the
 same bytes (given the same matplotlib and FreeType versions).
+
+With a cache directory, a picture is named by what it shows (the plotted numbers, this module's source
+and matplotlib's version): a rebuild whose composition did not change (one template edited) copies the
+picture instead of drawing it, and when neither picture changed, matplotlib is not even imported.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -182,7 +192,7 @@ def lengths_png(path: Path, stats: MixtureStats) -> Path:
                 ax.tick_params(labelsize=8)
                 ax.legend(fontsize=8, frameon=False)
                 ax.spines[["top", "right"]].set_visible(False)
-        fig.tight_layout()
+        fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.92, wspace=0.25, hspace=0.45)
         _save(fig, path)
     return Path(path)
 
@@ -197,9 +207,54 @@ def tokenizer_label(name: str | None) -> str:
     return name
 
 
-def write_plots(out_dir: Path, manifest: dict, stats: MixtureStats) -> dict[str, str]:
-    """Both pictures into ``out_dir``; returns {"composition": file name, "lengths": file name}."""
+def write_plots(out_dir: Path, manifest: dict, stats: MixtureStats, cache_dir: Path | None = None) -> dict[str, str]:
+    """Both pictures into ``out_dir`` (copied from ``cache_dir`` when one shows the same numbers);
+    returns {"composition": file name, "lengths": file name}."""
     out_dir = Path(out_dir)
-    composition_png(out_dir / COMPOSITION_PNG, manifest)
-    lengths_png(out_dir / LENGTHS_PNG, stats)
+    train = sorted((n, t["rows"], t["cluster"], t["submixture"]) for n, t in manifest["tasks"].items() if t["role"] == "train")
+    _cached(out_dir / COMPOSITION_PNG, _key("composition", json.dumps(train).encode()), cache_dir,
+            lambda path: composition_png(path, manifest))
+    _cached(out_dir / LENGTHS_PNG, _lengths_key(stats), cache_dir, lambda path: lengths_png(path, stats))
     return {"composition": COMPOSITION_PNG, "lengths": LENGTHS_PNG}
+
+
+def _key(kind: str, *data: bytes) -> str:
+    h = hashlib.sha256(f"{kind}\n".encode())
+    h.update(Path(__file__).read_bytes())  # the drawing code: a change to it never reuses an old picture
+    try:
+        h.update(metadata.version("matplotlib").encode())
+    except metadata.PackageNotFoundError:
+        pass
+    for d in data:
+        h.update(len(d).to_bytes(8, "little") + d)
+    return h.hexdigest()
+
+
+def _lengths_key(stats: MixtureStats) -> str:
+    """What lengths_png draws: every distribution it can plot, and the tokenizer's label."""
+    data = [tokenizer_label(stats.tokenizer).encode()]
+    for unit in ("chars", "tokens"):
+        for split in ("train", "eval"):
+            for col in ("inputs", "targets"):
+                values, counts = stats.dist(split, col, unit).arrays()
+                data += [values.tobytes(), counts.tobytes()]
+    return _key("lengths", *data)
+
+
+def _cached(path: Path, key: str, cache_dir: Path | None, draw: Callable[[Path], object]) -> None:
+    """Copy the picture of ``key`` from the cache, or draw it (and keep a copy there)."""
+    if cache_dir is None:
+        draw(path)
+        return
+    kept = Path(cache_dir) / "plots" / key[:2] / f"{key}.png"
+    if kept.is_file():
+        shutil.copyfile(kept, path)
+        return
+    draw(path)
+    try:  # a cache that cannot be written only costs time
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        tmp = kept.with_name(f".{kept.name}.{os.getpid()}.tmp")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, kept)
+    except OSError:
+        pass
