@@ -27,6 +27,7 @@ from flanbuild.pipeline import checks
 from flanbuild.output.card import write_card
 from flanbuild.output.stats import StatsCollector
 from flanbuild.output.manifest import SCHEMA_VERSION, Manifest, TaskRecord, fingerprint, write_manifest
+from flanbuild.output import reuse
 from flanbuild.output import uptodate
 from flanbuild.errors import FlanbuildError
 from flanbuild.pipeline.examples import ExampleMapper, cached_indices, valid_indices
@@ -213,8 +214,8 @@ def _make(config: BuildConfig, registry: Registry, out: Path, plan: Plan, cache_
         decontaminated, dropped = _decontaminate(jobs, selection.data, paths, stats, config.recipe.decontaminate_ngram,
                                                  log, plan.shard_keys, cache_dir,
                                                  _local_workers(config, sum(s.rows for s in stats.values())))
-        collector = StatsCollector(config.seed, config.recipe.prompt.tokenizer)
-        files = _write_splits(stage, jobs, paths, dropped, stats, config, collector, log)
+        part_keys = {p: k for name, ps in paths.items() for p, k in zip(ps, plan.shard_keys.get(name, ()))}
+        files, collector = _write_splits(stage, out, jobs, paths, dropped, stats, config, part_keys, cache_dir, log)
         shutil.rmtree(parts_dir)
         manifest = _describe(config, selection, jobs, stats, plan.shares, decontaminated, files, plan.held,
                              plan.removed)
@@ -447,38 +448,62 @@ def _plan(config: BuildConfig, registry: Registry, sel: Selection) -> tuple[list
     return jobs, shares
 
 
-def _write_splits(stage: Path, jobs: list[RenderJob], paths: dict[str, list[Path]],
+def _write_splits(stage: Path, out: Path, jobs: list[RenderJob], paths: dict[str, list[Path]],
                   dropped: dict[str, tuple[np.ndarray, ...]], stats: dict[str, RenderStats], config: BuildConfig,
-                  collector: StatsCollector, log: Progress) -> list[writer.DataFile]:
+                  part_keys: dict[Path, str], cache_dir: Path | None,
+                  log: Progress) -> tuple[list[writer.DataFile], StatsCollector]:
     """Stage 5: the rendered parts, less the dropped rows, assembled into the train (interleaved) and eval
-    split files, one process per file when there are several files and workers; the card's statistics
-    are collected on the way (per file, then merged in file order)."""
+    split files, one process per file when there are several files and workers. A file whose plan the
+    cache knows is taken from the previous output instead (output/reuse.py). The card's statistics are
+    collected per file on the way and merged in file order."""
     by_role = {role: [writer.Part(j.task.name, tuple(paths[j.task.name]), stats[j.task.name].rows,
                                   dropped.get(j.task.name, ())) for j in jobs if j.role == role] for role in writer.SPLITS}
     writes = [w for role in writer.SPLITS
               for w in writer.plan_split(role, by_role[role], interleave=role == "train", seed=config.seed,
                                          shard_rows=config.shard_rows)]
-    total = sum(w.stop - w.start for w in writes)
-    log.stage("writing the splits", total=total)
+    log.stage("writing the splits", total=sum(w.stop - w.start for w in writes))
     (stage / "data").mkdir(parents=True, exist_ok=True)
-    workers = _local_workers(config, total)
-    if workers <= 1 or len(writes) <= 1 or total < engine.SERIAL_BELOW:
-        def observe(split: str, table) -> None:
-            collector.add(split, table)
-            log.stage_advance(table.num_rows)
-        return [writer.write_shard(stage, w, observe) for w in writes]
-    job = functools.partial(_write_file, stage, config.seed, config.recipe.prompt.tokenizer)
-    results = engine.process_map(job, writes, workers, on_done=lambda r: log.stage_advance(r[0].rows))
+    seed, tokenizer = config.seed, config.recipe.prompt.tokenizer
+    files = reuse.FileCache(cache_dir) if cache_dir is not None else None
+    keys = [reuse.file_key(w, part_keys, seed, tokenizer) if files else None for w in writes]
+    results = [files.reuse(k, out, stage, w.rel, seed, tokenizer) if k else None for k, w in zip(keys, writes)]
+    for result in filter(None, results):
+        log.stage_advance(result[0].rows)
+    todo = [i for i, r in enumerate(results) if r is None]
+    for i, result in zip(todo, _write_files(stage, [writes[i] for i in todo], config, log)):
+        results[i] = result
+        if keys[i]:
+            files.store(keys[i], *result)
+    collector = StatsCollector(seed, tokenizer)
     for _, part in results:
         collector.merge(part)
-    return [f for f, _ in results]
+    return [f for f, _ in results], collector
 
 
-def _write_file(stage: Path, seed: int, tokenizer: str | None, w: writer.ShardWrite) -> tuple[writer.DataFile, StatsCollector]:
-    """In a worker process: one split file and the statistics of its rows."""
+def _write_files(stage: Path, writes: list[writer.ShardWrite], config: BuildConfig,
+                 log: Progress) -> list[tuple[writer.DataFile, StatsCollector]]:
+    """Write these files here, or one process per file when there are several files and workers."""
+    seed, tokenizer = config.seed, config.recipe.prompt.tokenizer
+    rows = sum(w.stop - w.start for w in writes)
+    workers = _local_workers(config, rows)
+    if workers <= 1 or len(writes) <= 1 or rows < engine.SERIAL_BELOW:
+        return [_write_file(stage, seed, tokenizer, w, log.stage_advance) for w in writes]
+    job = functools.partial(_write_file, stage, seed, tokenizer)
+    return engine.process_map(job, writes, workers, on_done=lambda r: log.stage_advance(r[0].rows))
+
+
+def _write_file(stage: Path, seed: int, tokenizer: str | None, w: writer.ShardWrite,
+                advance=None) -> tuple[writer.DataFile, StatsCollector]:
+    """One split file and the statistics of its rows (in a worker process, or here with ``advance``
+    reporting progress table by table)."""
     collector = StatsCollector(seed, tokenizer)
     collector.seek(w.split, w.start)
-    return writer.write_shard(stage, w, collector.add), collector
+
+    def observe(split: str, table) -> None:
+        collector.add(split, table)
+        if advance is not None:
+            advance(table.num_rows)
+    return writer.write_shard(stage, w, observe), collector
 
 
 def _describe(config: BuildConfig, sel: Selection, jobs: list[RenderJob],

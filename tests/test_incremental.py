@@ -120,3 +120,41 @@ def test_decontamination_in_worker_processes_gives_the_same_bytes(toy_catalog, t
     assert two.manifest["decontaminated"] == one.manifest["decontaminated"]
     assert two.manifest["fingerprint"] == one.manifest["fingerprint"]
     assert two.manifest["tasks"] == one.manifest["tasks"]
+
+
+def test_a_rebuild_takes_unchanged_split_files_from_the_previous_output(toy_catalog, tmp_path):
+    """After a training template changed, the eval files are the previous output's (the same inodes: not
+    written again, their statistics from the cache) and the train files are new; the output, card
+    included, is the one a build without the cache writes."""
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    toy_build(_registry(toy_catalog), out, cache_dir=cache, plots=True)
+    before = _stamp(out)
+    template = toy_catalog / "templates" / "sent_a.yaml"  # a training task
+    template.write_text(template.read_text().replace("Label this:", "Label this, please:"))
+    rebuilt = toy_build(_registry(toy_catalog), out, cache_dir=cache, plots=True)
+    after = _stamp(out)
+    evals = [f for f in before if f.startswith("data/eval-")]
+    assert evals and all(after[f][0] == before[f][0] for f in evals)
+    assert all(after[f][0] != before[f][0] for f in before if f.startswith("data/train-"))
+    fresh = toy_build(_registry(toy_catalog), tmp_path / "fresh", use_cache=False, plots=True)
+    assert {k: v for k, v in rebuilt.manifest.items() if k != "build_key"} == fresh.manifest
+    assert (out / "README.md").read_text() == (fresh.out / "README.md").read_text()
+
+
+def test_a_reused_split_file_must_still_have_its_bytes(toy_catalog, tmp_path):
+    """The cache names a file by its plan, but takes the previous file only if its bytes verify."""
+    from flanbuild.output.reuse import FileCache
+
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    toy_build(_registry(toy_catalog), out, cache_dir=cache)
+    entries = sorted((cache / "files").rglob("*.json"))
+    doc = json.loads(entries[0].read_text())
+    rel, key = doc["file"]["path"], doc["key"]
+    (tmp_path / "stage" / "data").mkdir(parents=True)
+    assert FileCache(cache).reuse(key, out, tmp_path / "stage", rel, 0, None) is not None
+    (tmp_path / "stage" / rel).unlink()
+    data = bytearray((out / rel).read_bytes())
+    data[len(data) // 2] ^= 1
+    (out / rel).write_bytes(bytes(data))
+    assert FileCache(cache).reuse(key, out, tmp_path / "stage", rel, 0, None) is None
+    assert not (tmp_path / "stage" / rel).exists()

@@ -179,6 +179,33 @@ class StatsCollector:
             self._sample[split] = (keys, s_in, s_tg)
             self._offset[split] = max(self._offset[split], other._offset[split])
 
+    def to_json(self) -> dict:
+        """What has been collected, as JSON (a rebuild that reuses a split file takes its statistics from
+        the cache: output/reuse.py). Dicts become lists of pairs, in insertion order."""
+        st = self.st
+        return {
+            "chars": [[list(k), list(d.counts.items())] for k, d in st.chars.items()],
+            "cluster_chars": [[list(k), list(d.counts.items())] for k, d in st.cluster_chars.items()],
+            "template_types": [[list(k), list(v.items())] for k, v in st.template_types.items()],
+            "examples": {s: [[g, items] for g, items in b.items.items()] for s, b in self._examples.items()},
+            "offset": self._offset,
+            "sample": {s: [keys.tolist(), ins, tgs] for s, (keys, ins, tgs) in self._sample.items()},
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict, seed: int, tokenizer: str | None = None,
+                  token_sample: int = TOKEN_SAMPLE_ROWS) -> "StatsCollector":
+        out = cls(seed, tokenizer, token_sample)
+        st = out.st
+        st.chars = {tuple(k): LengthDist(dict(map(tuple, c))) for k, c in doc["chars"]}
+        st.cluster_chars = {tuple(k): LengthDist(dict(map(tuple, c))) for k, c in doc["cluster_chars"]}
+        st.template_types = {tuple(k): dict(map(tuple, v)) for k, v in doc["template_types"]}
+        for split, groups in doc["examples"].items():
+            out._examples[split].items = {g: [tuple(item) for item in items] for g, items in groups}
+        out._offset = dict(doc["offset"])
+        out._sample = {s: (np.array(keys, dtype=np.uint64), ins, tgs) for s, (keys, ins, tgs) in doc["sample"].items()}
+        return out
+
     def add(self, split: str, batch) -> None:
         """One batch (a pyarrow Table or RecordBatch in the output schema) of ``split``, in order."""
         n = batch.num_rows

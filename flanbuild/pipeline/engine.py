@@ -99,14 +99,14 @@ def _task_fingerprint(job: RenderJob) -> dict:
 
 
 @functools.lru_cache(maxsize=1)
-def _versions() -> tuple:
+def library_versions() -> tuple:
     """Library versions in every cache key (looked up once per process: metadata lookups cost ~ms each)."""
     return tuple((p, metadata.version(p)) for p in ("flanbuild", "jinja2", "pyarrow", "numpy"))
 
 
 def cache_key(job: RenderJob, data: SplitData) -> str:
     """Everything that decides a shard's bytes."""
-    versions = dict(_versions())
+    versions = dict(library_versions())
     doc = {
         "versions": versions,
         "job": _task_fingerprint(job),
@@ -361,14 +361,14 @@ def render_remote(job: RenderJob, data: SplitData) -> tuple[bytes, RenderStats, 
     sink = pa.BufferOutputStream()
     stats = write_part(job, data, sink)
     stats.per_template = {int(k): v for k, v in stats.per_template.items()}
-    return sink.getvalue().to_pybytes(), stats, _versions()
+    return sink.getvalue().to_pybytes(), stats, library_versions()
 
 
 def _land(shard: Shard, payload: tuple[bytes, RenderStats, tuple]) -> ShardResult:
     """On the client: write a part a worker returned into the staging directory, and into the cache."""
     blob, stats, versions = payload
-    if tuple(versions) != _versions():
-        theirs, ours = dict(versions), dict(_versions())
+    if tuple(versions) != library_versions():
+        theirs, ours = dict(versions), dict(library_versions())
         diff = ", ".join(f"{p} {theirs.get(p)} (client {v})" for p, v in ours.items() if theirs.get(p) != v)
         raise FlanbuildError(f"a Dask worker runs other library versions than this client: {diff}; the parts' "
                              f"bytes would differ (install the same versions on every worker)")
