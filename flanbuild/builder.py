@@ -632,15 +632,26 @@ def _cached_outcomes(train_jobs: list[RenderJob], paths: dict[str, list[Path]], 
     return results, todo
 
 
+PARALLEL_CHECK_RATIO = 8  # without n-grams: train rows per eval input from which parts are checked in workers
+
+
 def _check_tasks(index: decontam.EvalIndex, task_paths: list[list[Path]], workers: int, log: Progress) -> list:
-    """Each task's (outcome, outcome to cache) against the index. The n-gram check costs a regular
-    expression and a word split per row, so with it, several workers and enough rows, the tasks are
-    checked in worker processes, which receive the index once each. (Without it, most rows skip the
-    regular expression, and sending the index costs more than the work.)"""
+    """Each task's (outcome, outcome to cache) against the index. Parts are checked in worker processes,
+    which receive the index once each, when there are several workers and enough rows, and the work per
+    row outweighs sending the index: always with the n-gram check (a regular expression and a word split
+    per row), else only when the train rows outnumber the eval inputs many times (most rows skip the
+    regular expression, so sending a large index costs more than the work)."""
     rows = sum(parts.num_rows(p) for paths in task_paths for p in paths)
-    if index.n and len(index.ngrams) and workers > 1 and len(task_paths) > 1 and rows >= engine.SERIAL_BELOW:
-        return engine.process_map(decontam_cache.check_task, task_paths, workers, lambda r: log.stage_advance(1),
-                                  initializer=(decontam_cache.use_index, (index,)))
+    flat = [p for paths in task_paths for p in paths]
+    heavy = (index.n and len(index.ngrams)) or rows >= PARALLEL_CHECK_RATIO * len(index.inputs)
+    if heavy and workers > 1 and len(flat) > 1 and rows >= engine.SERIAL_BELOW:
+        checked = iter(engine.process_map(decontam_cache.check_part, flat, workers,
+                                          initializer=(decontam_cache.use_index, (index,))))
+        out = []
+        for paths in task_paths:
+            out.append(decontam_cache.task_outcome([next(checked) for _ in paths]))
+            log.stage_advance(1)
+        return out
     out = []
     for paths in task_paths:
         out.append(decontam_cache.filter_task(paths, index))

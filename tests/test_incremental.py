@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import toy_build
 
 
@@ -98,24 +100,27 @@ def test_decontamination_from_the_cache_gives_the_same_bytes(toy_catalog, tmp_pa
     assert third.manifest["fingerprint"] == fresh.manifest["fingerprint"]
 
 
-def test_decontamination_in_worker_processes_gives_the_same_bytes(toy_catalog, tmp_path, monkeypatch):
-    """With the n-gram check, tasks are checked in worker processes (each receives the eval index once):
-    the same removals."""
+@pytest.mark.parametrize("ngram", [4, 0])
+def test_decontamination_in_worker_processes_gives_the_same_bytes(toy_catalog, tmp_path, monkeypatch, ngram):
+    """With the n-gram check (or, without it, when train rows outnumber the eval inputs enough), parts
+    are checked in worker processes (each receives the eval index once): the same removals."""
     from dataclasses import replace
 
+    from flanbuild import builder
     from flanbuild.catalog.recipes import Recipe
     from flanbuild.pipeline import engine
 
     _contaminating(toy_catalog)
-    recipe = replace(Recipe(), decontaminate_ngram=4)
+    recipe = replace(Recipe(), decontaminate_ngram=ngram)
     one = toy_build(_registry(toy_catalog), tmp_path / "one", use_cache=False, workers=1, recipe=recipe)
     monkeypatch.setattr(engine, "SERIAL_BELOW", 0)
+    monkeypatch.setattr(builder, "PARALLEL_CHECK_RATIO", 0)
     calls = []
     real = engine.process_map
     monkeypatch.setattr(engine, "process_map",
                         lambda fn, *a, **k: calls.append(getattr(fn, "func", fn).__name__) or real(fn, *a, **k))
     two = toy_build(_registry(toy_catalog), tmp_path / "two", use_cache=False, workers=2, recipe=recipe)
-    assert "check_task" in calls
+    assert "check_part" in calls
     assert one.manifest["decontaminated"]["total"] > 0
     assert two.manifest["decontaminated"] == one.manifest["decontaminated"]
     assert two.manifest["fingerprint"] == one.manifest["fingerprint"]

@@ -405,15 +405,16 @@ class Plan:
             choice = self.template_choice[position:position + n]
             show = self.show_choice[position:position + n]
             width = 1
-            wanted = [(i, int(t), bool(s)) for i, (t, s) in enumerate(zip(choice, show))]
             codes = choice.astype(np.int64) * 2 + show.astype(np.int64)
             groups = [(int(c) // 2, bool(c % 2), np.flatnonzero((codes == c) & valid)) for c in np.unique(codes)]
+            # rows whose (template, shows options) has no columnar variant go row by row
+            rest = np.concatenate([pos for j, s, pos in groups if (j, s) not in self.variants] + [np.zeros(0, np.int64)])
+            rest = np.sort(rest).astype(np.int64)
         else:
             width = len(self.templates)
             rows = np.flatnonzero(valid)
             groups = [(j, t.shows_options, rows) for j, t in enumerate(self.templates)]
-            wanted = []
-        rest = np.array(sorted({i for i, t, s in wanted if valid[i] and (t, s) not in self.variants}), dtype=np.int64)
+            rest = np.zeros(0, dtype=np.int64)
         ids = pa.array(chunk, pa.int64()).cast(pa.string())
         tables, keys = [], []
         for j, show, pos in groups:

@@ -149,9 +149,13 @@ def apply_cached(paths: list[Path], cached: list[dict]) -> Outcome | None:
 
 def filter_task(paths: list[Path], index: EvalIndex) -> tuple[Outcome, list[dict]]:
     """Decontaminate a task's parts against the index; returns (outcome, outcome to cache)."""
+    return task_outcome([_check_part(path, index) for path in paths])
+
+
+def task_outcome(checked: list[tuple[int, Counter, np.ndarray]]) -> tuple[Outcome, list[dict]]:
+    """A task's (outcome, outcome to cache) from the results of its parts, in part order."""
     kept_total, removed, dropped, to_cache = 0, Counter(), [], []
-    for path in paths:
-        kept, gone, positions = _check_part(path, index)
+    for kept, gone, positions in checked:
         kept_total += kept
         removed.update(gone)
         dropped.append(positions)
@@ -160,19 +164,19 @@ def filter_task(paths: list[Path], index: EvalIndex) -> tuple[Outcome, list[dict
     return (kept_total, removed, tuple(dropped)), to_cache
 
 
-# -- in worker processes: the index arrives once per process (pool initializer), tasks one by one --------
+# -- in worker processes: the index arrives once per process (pool initializer), parts one by one --------
 
 _INDEX: EvalIndex | None = None
 
 
 def use_index(index: EvalIndex) -> None:
-    """Pool initializer: the eval index this worker process checks tasks against."""
+    """Pool initializer: the eval index this worker process checks parts against."""
     global _INDEX
     _INDEX = index
 
 
-def check_task(paths: list[Path]) -> tuple[Outcome, list[dict]]:
-    """In a worker process: filter_task against the index ``use_index`` gave this process."""
+def check_part(path: Path) -> tuple[int, Counter, np.ndarray]:
+    """In a worker process: one part against the index ``use_index`` gave this process."""
     if _INDEX is None:
-        raise RuntimeError("check_task runs in a pool started with use_index as its initializer")
-    return filter_task(paths, _INDEX)
+        raise RuntimeError("check_part runs in a pool started with use_index as its initializer")
+    return _check_part(path, _INDEX)
