@@ -85,3 +85,13 @@ def test_ngrams_of_ascii_and_other_rows_in_one_batch():
     index = EvalIndex.build([pa.array(["unrelated"])], ["Ünïcödé words here and there", "plain words here and more"], 3)
     train = ["so: ÜNÏCÖDÉ words here!", "PLAIN-words here", "plain words there", "", "words here and"]
     assert index.keep_mask(pa.array(train)).to_pylist() == [False, False, True, True, False]
+
+
+def test_the_index_is_sorted_as_python_sorts_its_inputs_and_their_reversals():
+    """Arrow sorts the eval inputs (by UTF-8 bytes); the binary searches assume Python's code point order."""
+    rng = random.Random(3)
+    texts = [rng.choice(PIECES) + rng.choice(PIECES) + rng.choice(["é", "z", "\U0001F600", "ｚ", "A", ""])
+             for _ in range(400)]
+    index = EvalIndex.from_normalised([pa.array(texts)], (), 0)
+    assert index.inputs.to_pylist() == sorted(set(texts))
+    assert index.with_reversals().reversals.to_pylist() == sorted(t[::-1] for t in set(texts))

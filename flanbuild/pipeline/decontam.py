@@ -96,7 +96,8 @@ class EvalIndex:
         """From eval inputs already normalised (e.g. part by part in worker processes: normalised_inputs)."""
         chunks = list(chunks)
         unique = pc.unique(pa.chunked_array(chunks, pa.string()).combine_chunks()) if chunks else pa.array([], pa.string())
-        return cls.from_sorted(pa.array(sorted(unique.to_pylist()), pa.string()), eval_texts, n)
+        # Arrow compares strings by their UTF-8 bytes, which orders them by code point, as Python does
+        return cls.from_sorted(unique.take(pc.sort_indices(unique)), eval_texts, n)
 
     @classmethod
     def from_sorted(cls, inputs: pa.Array, eval_texts: Iterable[str], n: int, reversals: pa.Array | None = None) -> "EvalIndex":
