@@ -156,12 +156,18 @@ def select_rows(seed: int, task: str, role: str, valid: np.ndarray, used: int, c
     size = min(used, len(valid))
     if count <= 0 or size <= 0:
         return np.zeros(0, dtype=np.int64)
-    keys = seeding.index_keys(seed, ("select", task, role), valid)
     full, rest = divmod(count, size)
-    in_pool = _leading(keys, size)
-    rows, copies = valid[in_pool], full + _leading(keys, rest)[in_pool]
-    order = np.argsort(rows, kind="stable")
-    return np.repeat(rows[order], copies[order])
+    if size == len(valid) and not rest:  # every usable row, ``full`` times: the ranking decides nothing
+        rows, copies = valid, full
+    else:
+        keys = seeding.index_keys(seed, ("select", task, role), valid)
+        in_pool = _leading(keys, size)
+        copies = np.where(_leading(keys, rest)[in_pool], full + 1, full) if rest else full
+        rows = valid[in_pool]
+    if len(rows) > 1 and not bool(np.all(rows[1:] >= rows[:-1])):  # usable rows come sorted; others are sorted here
+        order = np.argsort(rows, kind="stable")
+        rows, copies = rows[order], copies[order] if rest else copies
+    return np.repeat(rows, copies)
 
 
 def _leading(keys: np.ndarray, m: int) -> np.ndarray:
