@@ -429,9 +429,10 @@ class Plan:
         return tables, keys, dropped, rest
 
     def _variant(self, v: _Variant, ctx: dict[str, pa.Array], ids: pa.Array, pos: np.ndarray):
-        take = pa.array(pos)
-        sub = {name: ctx[name].take(take) for name in v.names}
         n = len(pos)
+        whole = n == len(ids) and np.array_equal(pos, np.arange(n))  # every row of the batch: no copies
+        take = None if whole else pa.array(pos)
+        sub = {name: ctx[name] if whole else ctx[name].take(take) for name in v.names}
         raw_in, raw_out = _join(v.inputs, sub, n), _join(v.targets, sub, n)
         for raw in (raw_in, raw_out):
             if len(raw) and pc.max(pc.utf8_length(raw)).as_py() > 1_000_000:
@@ -446,7 +447,8 @@ class Plan:
         if m < n:
             inputs, targets = inputs.filter(keep), targets.filter(keep)
             take = pa.array(pos[keep_np])
-        example_ids = pc.binary_join_element_wise(pa.scalar(self.prefix), ids.take(take), pa.scalar(""))
+        example_ids = pc.binary_join_element_wise(pa.scalar(self.prefix), ids if take is None else ids.take(take),
+                                                  pa.scalar(""))
         table = pa.Table.from_arrays([
             inputs, targets, _repeat(self.task_source, m), _repeat(self.task.name, m), _repeat(v.kind, m),
             _repeat(self.task.cluster, m), pa.repeat(pa.scalar(v.template.id, pa.int32()), m),

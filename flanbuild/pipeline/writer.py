@@ -178,6 +178,8 @@ def _interleaved_piece(readers: list[_PartReader], chunk: np.ndarray) -> pa.Tabl
     """The rows of ``chunk`` (the part index of each output row), each part's next rows in order."""
     counts = np.bincount(chunk, minlength=len(readers))
     pieces = [readers[p].read(int(c)) for p, c in enumerate(counts) if c]
+    if len(pieces) == 1:  # one part's next rows, in order
+        return pieces[0]
     piece_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
     grouped = np.argsort(chunk, kind="stable")
     sorted_ids = chunk[grouped]

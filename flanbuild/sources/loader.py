@@ -135,7 +135,9 @@ class SplitData:
             lo, hi = np.searchsorted(indices, [offset, offset + batch.num_rows])
             if hi > lo:
                 chunk = indices[lo:hi]
-                yield chunk, offset, batch.take(pa.array(chunk - offset))
+                rows = chunk - offset
+                whole = len(rows) == batch.num_rows and np.array_equal(rows, np.arange(len(rows)))
+                yield chunk, offset, batch if whole else batch.take(pa.array(rows))  # every row: no copy
             if hi >= len(indices):
                 return
 
