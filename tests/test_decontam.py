@@ -95,3 +95,32 @@ def test_the_index_is_sorted_as_python_sorts_its_inputs_and_their_reversals():
     index = EvalIndex.from_normalised([pa.array(texts)], (), 0)
     assert index.inputs.to_pylist() == sorted(set(texts))
     assert index.with_reversals().reversals.to_pylist() == sorted(t[::-1] for t in set(texts))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ngrams_of_rows_sharing_a_long_prefix_decide_like_word_tuples(seed):
+    """Rows of a template that share a long prefix (checked once, then each row from a cut on) lose
+    exactly the rows word tuples say: n-grams inside the prefix, across the cut and after it."""
+    from flanbuild.pipeline.decontam import SHARED_PREFIX_MIN, ngram_keys
+
+    rng = random.Random(seed)
+    words = ["the", "Cat", "sat", "on", "a", "mat", "x1", "don't", "--", "new", "_", "7", "ok."]
+    text = lambda k: " ".join(rng.choice(words) for _ in range(k))  # noqa: E731
+    evals = [text(rng.randrange(4, 14)) for _ in range(25)]
+    n = rng.choice([3, 4, 5])
+    filler = lambda k: " ".join(rng.choice(["alpha", "Beta", "gamma!", "d3lta"]) for _ in range(k))  # noqa: E731
+    prefixes = [text(120),  # likely holds an eval n-gram itself: every row goes
+                filler(80) + " " + text(3),  # no n-gram of its own, but its last words may start one
+                filler(70) + " " + (tail := text(6) + " a")]  # ends mid-word: "a" may go on as "ax"
+    evals.append(" ".join(tail.split()[-n:]))  # its last n words, "a" included, are an eval n-gram ("ax" is not)
+    prefixes = [p[:SHARED_PREFIX_MIN + rng.randrange(200)] if i == 0 else p for i, p in enumerate(prefixes)]
+    train, groups = [], []
+    for _ in range(300):
+        g = rng.randrange(len(prefixes) + 1)
+        train.append((prefixes[g] if g < len(prefixes) else "") + rng.choice(["", " ", "x", "-"]) + text(rng.randrange(0, 12)))
+        groups.append(g)
+    index = EvalIndex.build([pa.array(["unrelated"])], evals, n)
+    eval_grams = set().union(*(ngram_keys(t, n) for t in evals))
+    expected = [ngram_keys(t, n).isdisjoint(eval_grams) for t in train]
+    assert index.keep_mask(pa.array(train), pa.array(groups, pa.int32())).to_pylist() == expected
+    assert any(expected) and not all(expected)
