@@ -99,9 +99,9 @@ def test_the_index_is_sorted_as_python_sorts_its_inputs_and_their_reversals():
 
 @pytest.mark.parametrize("seed", range(6))
 def test_ngrams_of_rows_sharing_a_long_prefix_decide_like_word_tuples(seed):
-    """Rows of a template that share a long prefix (checked once, then each row from a cut on) lose
-    exactly the rows word tuples say: n-grams inside the prefix, across the cut and after it."""
-    from flanbuild.pipeline.decontam import SHARED_PREFIX_MIN, ngram_keys
+    """Rows of a template grouped together that share a long prefix lose exactly the rows word tuples
+    say: n-grams inside the prefix, across its end (which may fall mid-word) and after it."""
+    from flanbuild.pipeline.decontam import ngram_keys
 
     rng = random.Random(seed)
     words = ["the", "Cat", "sat", "on", "a", "mat", "x1", "don't", "--", "new", "_", "7", "ok."]
@@ -113,7 +113,7 @@ def test_ngrams_of_rows_sharing_a_long_prefix_decide_like_word_tuples(seed):
                 filler(80) + " " + text(3),  # no n-gram of its own, but its last words may start one
                 filler(70) + " " + (tail := text(6) + " a")]  # ends mid-word: "a" may go on as "ax"
     evals.append(" ".join(tail.split()[-n:]))  # its last n words, "a" included, are an eval n-gram ("ax" is not)
-    prefixes = [p[:SHARED_PREFIX_MIN + rng.randrange(200)] if i == 0 else p for i, p in enumerate(prefixes)]
+    prefixes = [p[:256 + rng.randrange(200)] if i == 0 else p for i, p in enumerate(prefixes)]
     train, groups = [], []
     for _ in range(300):
         g = rng.randrange(len(prefixes) + 1)

@@ -142,47 +142,24 @@ class EvalIndex:
             ordered = self._sorted("prefix")  # a binary search each (pc.is_in builds a hash set per call)
             keep[rows] = [not _starts_one(ordered, t, whole=True) for t in normalise_array(texts).to_pylist()]
         if self.n and len(self.ngrams):  # a row goes if one of its n-grams is an eval text's
-            keep[self._ngram_rows(inputs, ids)] = False
+            keep[self._ngram_rows(inputs)] = False
         return pa.array(keep)
 
-    def _ngram_rows(self, inputs: pa.Array, groups: np.ndarray) -> np.ndarray:
+    def _ngram_rows(self, inputs: pa.Array) -> np.ndarray:
         """Rows sharing an n-gram with an eval text. ASCII rows are split into words on whole columns
-        (RE2 normalises them exactly as Python does, tested), group by group (see _ascii_hits); the
-        others word by word in Python."""
+        (RE2 normalises them exactly as Python does, tested); the others word by word in Python."""
         is_ascii = pc.string_is_ascii(inputs).to_numpy(zero_copy_only=False)
         found = []
-        subset = np.flatnonzero(is_ascii)
-        for group in np.unique(groups[subset]):
-            rows = subset[groups[subset] == group]
-            found.append(rows[self._ascii_hits(inputs if len(rows) == len(inputs) else inputs.take(pa.array(rows)))])
-        subset = np.flatnonzero(~is_ascii)
-        if len(subset):
-            texts = inputs if len(subset) == len(inputs) else inputs.take(pa.array(subset))
-            found.append(subset[self._hit_rows(*_word_ids(texts.to_pylist(), self.vocab, grow=False))])
+        for subset, words in ((np.flatnonzero(is_ascii), self._ascii_word_ids),
+                              (np.flatnonzero(~is_ascii), lambda t: _word_ids(t.to_pylist(), self.vocab, grow=False))):
+            if len(subset):
+                texts = inputs if len(subset) == len(inputs) else inputs.take(pa.array(subset))
+                hashes, rows = _ngram_hashes(*words(texts), self.n)
+                at = np.searchsorted(self.ngrams, hashes)
+                hit = at < len(self.ngrams)
+                hit[hit] = self.ngrams[at[hit]] == hashes[hit]
+                found.append(subset[rows[hit]])
         return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
-
-    def _hit_rows(self, ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """The rows (of word ids ``ids`` with their ``rows``) that have an eval n-gram (repeats possible)."""
-        hashes, rows = _ngram_hashes(ids, rows, self.n)
-        at = np.searchsorted(self.ngrams, hashes)
-        hit = at < len(self.ngrams)
-        hit[hit] = self.ngrams[at[hit]] == hashes[hit]
-        return rows[hit]
-
-    def _ascii_hits(self, texts: pa.Array) -> np.ndarray:
-        """Positions of ASCII ``texts`` with an eval n-gram. Rows of one template often share a long raw
-        prefix (a Super-NaturalInstructions definition and its examples): its words' n-grams are checked
-        once, and each row only from the start of the prefix's last n-1 words on. Exact: words are runs of
-        letters and digits, so cutting at a word's start splits a row's words there, and every n-gram
-        that is not within the prefix lies within what follows the cut (tested against word tuples)."""
-        shared = _shared_words(texts, self.n)
-        if shared is None:
-            return self._hit_rows(*self._ascii_word_ids(texts))
-        cut, words = shared
-        ids = np.asarray([self.vocab.get(w, -1) for w in words], dtype=np.int64)
-        if len(self._hit_rows(ids, np.zeros(len(ids), dtype=np.int64))):
-            return np.arange(len(texts))  # the prefix itself shares an n-gram: every row goes
-        return self._hit_rows(*self._ascii_word_ids(pc.utf8_slice_codeunits(texts, cut)))
 
     def _ascii_word_ids(self, texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         if "vocab" not in self._lookups:
@@ -230,27 +207,6 @@ def _starts_one(ordered: list[str], key: str, whole: bool = False) -> bool:
     """Whether a string of sorted ``ordered`` starts with ``key`` (equals it, with ``whole``)."""
     i = bisect.bisect_left(ordered, key)
     return i < len(ordered) and (ordered[i] == key if whole else ordered[i].startswith(key))
-
-
-_WORD = re.compile(r"[a-z0-9]+")
-SHARED_PREFIX_MIN = 256  # shorter shared prefixes are not worth the search
-
-
-def _shared_words(texts: pa.Array, n: int) -> tuple[int, list[str]] | None:
-    """For ASCII rows sharing a raw prefix: (the start of its last n-1 whole words, its whole words),
-    where a whole word is followed by a separator inside the prefix; None if the prefix is short."""
-    first = texts[0].as_py() if len(texts) > 1 else ""
-    if len(first) < SHARED_PREFIX_MIN or not pc.all(pc.starts_with(texts, pattern=first[:SHARED_PREFIX_MIN])).as_py():
-        return None
-    lo, hi = SHARED_PREFIX_MIN, len(first)  # the longest prefix all rows share: a binary search
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if pc.all(pc.starts_with(texts, pattern=first[:mid])).as_py() else (lo, mid - 1)
-    prefix = first[:lo]
-    matches = [m for m in _WORD.finditer(prefix.lower()) if m.end() < len(prefix)]
-    if len(matches) < n:
-        return None
-    return matches[-(n - 1)].start(), [m.group() for m in matches]
 
 
 @functools.lru_cache(maxsize=4096)
