@@ -24,6 +24,7 @@ BATCH = pa.record_batch({
     "answer in ['1', '2']", "label in [1, 2]", "answers | length > 0", "text | length > 0",
     "translation.en | trim | length > 0 and translation.fr | trim | length > 0",
     "label >= 0 and text | trim | length > 0",
+    "answers | length == text | length", "answers | length > 0 and answers | length < text | length",
 ])
 def test_columnar_filter_equals_the_row_path(expr):
     run = compile_filter(expr)

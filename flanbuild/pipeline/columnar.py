@@ -3,9 +3,9 @@
 ``valid_indices`` evaluates a task's ``filter`` on every source row; at paper scale that per-row Jinja
 work was a third of a cold build. The catalog's filters are almost all of a few shapes: integer
 comparisons (``label >= 0``), membership in a list of constants (``answer in ['1', '2']``), lengths
-of lists or strings (``answers | length > 0``), non-blank text (``text | trim | length > 0``), joined
-with ``and``. Those compile here to Arrow compute; anything else returns None and keeps the exact
-row-by-row path.
+of lists or strings (``answers | length > 0``, ``a | length == b | length``), non-blank text
+(``text | trim | length > 0``), joined with ``and``. Those compile here to Arrow compute; anything
+else returns None and keeps the exact row-by-row path.
 
 The result must equal the row path's on every batch, so a compiled filter declines a batch (returns
 None, and that batch goes row by row) whenever its columns could make the two differ: a null in a
@@ -98,6 +98,9 @@ def _comparison(left, op: str, right, nodes) -> Callable[[pa.RecordBatch], pa.Ar
         values = [i.value for i in right.items]
         col = _column(left, nodes)
         return lambda b: _is_in(col(b), values)
+    if op in _OPS and _plain_length(left, nodes) and _plain_length(right, nodes):  # x | length == y | length
+        lcol, rcol, kernel = _column(left.node, nodes), _column(right.node, nodes), getattr(pc, _OPS[op])
+        return lambda b: kernel(_length(lcol(b)), _length(rcol(b)))
     if op not in _OPS or not isinstance(right, nodes.Const) or type(right.value) is not int:
         raise _Decline()
     value, kernel = right.value, getattr(pc, _OPS[op])
@@ -112,6 +115,12 @@ def _comparison(left, op: str, right, nodes) -> Callable[[pa.RecordBatch], pa.Ar
         return lambda b: kernel(_length(col(b)), value)
     col = _column(left, nodes)
     return lambda b: kernel(_integers(col(b)), value)
+
+
+def _plain_length(node, nodes) -> bool:
+    """``column | length`` (no trim inside)."""
+    return (isinstance(node, nodes.Filter) and node.name == "length" and not node.args and not node.kwargs
+            and not (isinstance(node.node, nodes.Filter)))
 
 
 def _integers(col: pa.Array) -> pa.Array:
