@@ -16,6 +16,7 @@ BATCH = pa.record_batch({
     "answer": pa.array(["1", "2", "3", "1", "x", "2", "1", "", "2", "3", "1", "2"]),
     "answers": pa.array([[], ["a"], ["a", "b"], [], ["c"], [], ["d"], [], [], ["e"], [], ["f"]], pa.list_(pa.string())),
     "translation": pa.array([{"en": t, "fr": "x"} for t in TEXTS]),
+    "full": pa.array([[t, t + "yz"] for t in TEXTS], pa.list_(pa.string())),
 })
 
 
@@ -25,6 +26,7 @@ BATCH = pa.record_batch({
     "translation.en | trim | length > 0 and translation.fr | trim | length > 0",
     "label >= 0 and text | trim | length > 0",
     "answers | length == text | length", "answers | length > 0 and answers | length < text | length",
+    "full[0] | trim | length > 0 and full[1] | length > 1",
 ])
 def test_columnar_filter_equals_the_row_path(expr):
     run = compile_filter(expr)
@@ -35,6 +37,7 @@ def test_columnar_filter_equals_the_row_path(expr):
 
 
 @pytest.mark.parametrize("expr", ["label | string == '1'", "text | trim | length > 3", "label > 0.5", "label or text",
+                                  "text | trim | length == answers | length", "full[-1] | length > 0",
                                   "missing(label)"])
 def test_other_shapes_are_not_compiled(expr):
     assert compile_filter(expr) is None
@@ -46,3 +49,5 @@ def test_batches_that_could_differ_are_declined():
     assert run(pa.record_batch({"other": pa.array([1])})) is None  # a missing column: the row path's error
     assert run(pa.record_batch({"label": pa.array(["1"])})) is None  # not an integer column
     assert compile_filter("text | trim | length > 0")(pa.record_batch({"text": pa.array(["x" * 200_000])})) is None
+    short = pa.record_batch({"l": pa.array([["a"], []], pa.list_(pa.string()))})
+    assert compile_filter("l | length > 0 and l[0] | trim | length > 0")(short) is None  # no l[0]: the row path

@@ -57,7 +57,11 @@ def compile_filter(expr: str) -> Callable[[pa.RecordBatch], np.ndarray | None] |
 
 
 def _column(node, nodes) -> Column:
-    """A Name or Name.attr (struct field) as a column getter; declines on nulls and oversized strings."""
+    """A Name or Name.attr (struct field), or ``...[i]`` of a list column, as a column getter; declines
+    on nulls, oversized strings and (for ``[i]``) a list too short, where the row path decides."""
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and type(node.arg.value) is int \
+            and node.arg.value >= 0:
+        return _item(_column(node.node, nodes), node.arg.value)
     path = []
     while isinstance(node, nodes.Getattr):
         path.append(node.attr)
@@ -84,6 +88,18 @@ def _column(node, nodes) -> Column:
     return get
 
 
+def _item(lists: Column, i: int) -> Column:
+    def get(batch: pa.RecordBatch) -> pa.Array:
+        col = lists(batch)
+        if not pa.types.is_list(col.type) or (len(col) and pc.min(pc.list_value_length(col)).as_py() <= i):
+            raise _Decline()
+        out = pc.list_element(col, i)
+        if out.null_count:
+            raise _Decline()
+        return out
+    return get
+
+
 def _compile(node, nodes) -> Callable[[pa.RecordBatch], pa.Array]:
     if isinstance(node, nodes.And):
         left, right = _compile(node.left, nodes), _compile(node.right, nodes)
@@ -98,29 +114,37 @@ def _comparison(left, op: str, right, nodes) -> Callable[[pa.RecordBatch], pa.Ar
         values = [i.value for i in right.items]
         col = _column(left, nodes)
         return lambda b: _is_in(col(b), values)
-    if op in _OPS and _plain_length(left, nodes) and _plain_length(right, nodes):  # x | length == y | length
-        lcol, rcol, kernel = _column(left.node, nodes), _column(right.node, nodes), getattr(pc, _OPS[op])
-        return lambda b: kernel(_length(lcol(b)), _length(rcol(b)))
-    if op not in _OPS or not isinstance(right, nodes.Const) or type(right.value) is not int:
+    if op not in _OPS:
         raise _Decline()
-    value, kernel = right.value, getattr(pc, _OPS[op])
-    if isinstance(left, nodes.Filter) and left.name == "length" and not left.args and not left.kwargs:
-        inner = left.node
-        if isinstance(inner, nodes.Filter) and inner.name == "trim" and not inner.args and not inner.kwargs:
-            if (op, value) != ("gt", 0):
-                raise _Decline()
-            col = _column(inner.node, nodes)
-            return lambda b: _non_blank(col(b))
-        col = _column(inner, nodes)
-        return lambda b: kernel(_length(col(b)), value)
+    kernel = getattr(pc, _OPS[op])
+    if _is_filter(right, "length", nodes):  # x | length == y | length (a trim inside is not a column: declined)
+        if not _is_filter(left, "length", nodes):
+            raise _Decline()
+        lcol, rcol = _column(left.node, nodes), _column(right.node, nodes)
+        return lambda b: kernel(_length(lcol(b)), _length(rcol(b)))
+    if not isinstance(right, nodes.Const) or type(right.value) is not int:
+        raise _Decline()
+    value = right.value
+    if _is_filter(left, "length", nodes):
+        return _length_comparison(left.node, op, kernel, value, nodes)
     col = _column(left, nodes)
     return lambda b: kernel(_integers(col(b)), value)
 
 
-def _plain_length(node, nodes) -> bool:
-    """``column | length`` (no trim inside)."""
-    return (isinstance(node, nodes.Filter) and node.name == "length" and not node.args and not node.kwargs
-            and not (isinstance(node.node, nodes.Filter)))
+def _length_comparison(inner, op: str, kernel, value: int, nodes) -> Callable[[pa.RecordBatch], pa.Array]:
+    """``inner | length`` against an integer, or ``inner | trim | length > 0`` (non-blank text)."""
+    if _is_filter(inner, "trim", nodes):
+        if (op, value) != ("gt", 0):
+            raise _Decline()
+        col = _column(inner.node, nodes)
+        return lambda b: _non_blank(col(b))
+    col = _column(inner, nodes)
+    return lambda b: kernel(_length(col(b)), value)
+
+
+def _is_filter(node, name: str, nodes) -> bool:
+    """``... | name`` without arguments."""
+    return isinstance(node, nodes.Filter) and node.name == name and not node.args and not node.kwargs
 
 
 def _integers(col: pa.Array) -> pa.Array:
