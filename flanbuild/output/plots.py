@@ -211,7 +211,8 @@ def write_plots(out_dir: Path, manifest: dict, stats: MixtureStats, cache_dir: P
     """Both pictures into ``out_dir`` (copied from ``cache_dir`` when one shows the same numbers);
     returns {"composition": file name, "lengths": file name}."""
     out_dir = Path(out_dir)
-    train = sorted((n, t["rows"], t["cluster"], t["submixture"]) for n, t in manifest["tasks"].items() if t["role"] == "train")
+    train = sorted((n, t["rows"], t["cluster"], t["submixture"])
+                   for n, t in manifest["tasks"].items() if t["role"] == "train")  # what composition_png draws
     _cached(out_dir / COMPOSITION_PNG, _key("composition", json.dumps(train).encode()), cache_dir,
             lambda path: composition_png(path, manifest))
     _cached(out_dir / LENGTHS_PNG, _lengths_key(stats), cache_dir, lambda path: lengths_png(path, stats))

@@ -100,7 +100,8 @@ class EvalIndex:
         return cls.from_sorted(unique.take(pc.sort_indices(unique)), eval_texts, n)
 
     @classmethod
-    def from_sorted(cls, inputs: pa.Array, eval_texts: Iterable[str], n: int, reversals: pa.Array | None = None) -> "EvalIndex":
+    def from_sorted(cls, inputs: pa.Array, eval_texts: Iterable[str], n: int,
+                    reversals: pa.Array | None = None) -> "EvalIndex":
         """From distinct normalised inputs already sorted (and their sorted reversals), e.g. from the cache."""
         vocab: dict[str, int] = {}
         ngrams = np.zeros(0, dtype=np.uint64)

@@ -113,9 +113,9 @@ class DecontamCache:
                 table = reader.read_all().combine_chunks()
         except Exception:  # noqa: BLE001 - a damaged entry is a miss
             return None
-        return EvalIndex.from_sorted(table.column("inputs").chunk(0) if table.num_rows else pa.array([], pa.string()),
-                                     eval_texts, ngram,
-                                     table.column("reversals").chunk(0) if table.num_rows else pa.array([], pa.string()))
+        empty = pa.array([], pa.string())
+        column = lambda name: table.column(name).chunk(0) if table.num_rows else empty  # noqa: E731
+        return EvalIndex.from_sorted(column("inputs"), eval_texts, ngram, column("reversals"))
 
     def store_index(self, key: str, index: EvalIndex) -> None:
         """Store the index's inputs and reversals (Arrow IPC, LZ4: a rebuild reads them in a tenth of the
