@@ -370,7 +370,7 @@ def _usable_rows(found: list[tuple[Task, SplitData]], config: BuildConfig, cache
     filtered = [(t, d) for t, d in found if t.name not in out]
     total = sum(d.num_rows for _, d in filtered)
     workers = _local_workers(config, total)
-    if workers <= 1 or len(filtered) <= 1 or total < engine.SERIAL_BELOW:
+    if not engine.use_pool(workers, len(filtered), total):
         out.update({t.name: valid_indices(t, d, cache_dir=cache_dir) for t, d in filtered})
     else:
         job = functools.partial(_filter_rows, cache_dir)
@@ -486,7 +486,7 @@ def _write_files(stage: Path, writes: list[writer.ShardWrite], config: BuildConf
     seed, tokenizer = config.seed, config.recipe.prompt.tokenizer
     rows = sum(w.stop - w.start for w in writes)
     workers = _local_workers(config, rows)
-    if workers <= 1 or len(writes) <= 1 or rows < engine.SERIAL_BELOW:
+    if not engine.use_pool(workers, len(writes), rows):
         return [_write_file(stage, seed, tokenizer, w, log.stage_advance) for w in writes]
     job = functools.partial(_write_file, stage, seed, tokenizer)
     return engine.process_map(job, writes, workers, on_done=lambda r: log.stage_advance(r[0].rows))
@@ -644,17 +644,14 @@ def _check_tasks(index: decontam.EvalIndex, task_paths: list[list[Path]], worker
     rows = sum(parts.num_rows(p) for paths in task_paths for p in paths)
     flat = [p for paths in task_paths for p in paths]
     heavy = (index.n and len(index.ngrams)) or rows >= PARALLEL_CHECK_RATIO * len(index.inputs)
-    if heavy and workers > 1 and len(flat) > 1 and rows >= engine.SERIAL_BELOW:
+    if heavy and engine.use_pool(workers, len(flat), rows):
         checked = iter(engine.process_map(decontam_cache.check_part, flat, workers,
                                           initializer=(decontam_cache.use_index, (index,))))
-        out = []
-        for paths in task_paths:
-            out.append(decontam_cache.task_outcome([next(checked) for _ in paths]))
-            log.stage_advance(1)
-        return out
+    else:
+        checked = (decontam_cache.check(p, index) for p in flat)
     out = []
-    for paths in task_paths:
-        out.append(decontam_cache.filter_task(paths, index))
+    for paths in task_paths:  # each task's parts, in order
+        out.append(decontam_cache.task_outcome([next(checked) for _ in paths]))
         log.stage_advance(1)
     return out
 
@@ -685,7 +682,7 @@ def _eval_index(eval_jobs: list[RenderJob], data: dict[str, SplitData], paths: d
         return cached
     sizes = [(p, parts.num_rows(p)) for j in eval_jobs for p in paths[j.task.name]]
     pieces = [(p, a, min(a + EVAL_INDEX_PIECE_ROWS, n)) for p, n in sizes for a in range(0, n, EVAL_INDEX_PIECE_ROWS)]
-    if workers > 1 and len(pieces) > 1 and sum(n for _, n in sizes) >= engine.SERIAL_BELOW:
+    if engine.use_pool(workers, len(pieces), sum(n for _, n in sizes)):
         chunks = engine.process_map(decontam.normalised_inputs, pieces, workers)  # the regex is the cost
     else:
         chunks = [decontam.normalised_inputs(piece) for piece in pieces]

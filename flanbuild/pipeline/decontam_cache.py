@@ -45,11 +45,11 @@ def task_key(index_key: str, shard_keys: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def _check_part(path: Path, index: EvalIndex) -> tuple[int, Counter, np.ndarray]:
+def check(path: Path, index: EvalIndex) -> tuple[int, Counter, np.ndarray]:
     """(rows kept, removed rows by (template id, template type), removed row positions) of one part.
 
     The part is checked in one call (a part is one render shard, at most tens of thousands of rows):
-    each membership test builds a hash set of the eval inputs, so fewer, larger calls cost less."""
+    the n-gram check builds a hash table of the eval words per call, so fewer, larger calls cost less."""
     columns = ["inputs", "template_id", "template_type"]
     schema = parts.schema(path)
     table = pa.Table.from_batches(list(parts.batches(path, columns=columns)),
@@ -147,11 +147,6 @@ def apply_cached(paths: list[Path], cached: list[dict]) -> Outcome | None:
     return sum(part["kept"] for part in cached), removed, dropped
 
 
-def filter_task(paths: list[Path], index: EvalIndex) -> tuple[Outcome, list[dict]]:
-    """Decontaminate a task's parts against the index; returns (outcome, outcome to cache)."""
-    return task_outcome([_check_part(path, index) for path in paths])
-
-
 def task_outcome(checked: list[tuple[int, Counter, np.ndarray]]) -> tuple[Outcome, list[dict]]:
     """A task's (outcome, outcome to cache) from the results of its parts, in part order."""
     kept_total, removed, dropped, to_cache = 0, Counter(), [], []
@@ -179,4 +174,4 @@ def check_part(path: Path) -> tuple[int, Counter, np.ndarray]:
     """In a worker process: one part against the index ``use_index`` gave this process."""
     if _INDEX is None:
         raise RuntimeError("check_part runs in a pool started with use_index as its initializer")
-    return _check_part(path, _INDEX)
+    return check(path, _INDEX)

@@ -205,6 +205,11 @@ def _store(part: Path, stats: RenderStats, directory: Path, key: str) -> None:
         pass  # a cache that cannot be written only costs time
 
 
+def use_pool(workers: int, items: int, rows: int) -> bool:
+    """Whether work of ``items`` pieces over ``rows`` rows is worth a process pool (else it runs here)."""
+    return workers > 1 and items > 1 and rows >= SERIAL_BELOW
+
+
 def run(shards: list[Shard], *, engine: str = "local", workers: int = 1, scheduler: str | None = None,
         on_done: Callable[[ShardResult], None] | None = None) -> list[ShardResult]:
     """Run shards; results come back in shard order whatever finished first."""
@@ -222,7 +227,7 @@ def run(shards: list[Shard], *, engine: str = "local", workers: int = 1, schedul
         results = []
     elif engine == "dask":
         results = _run_dask(shards, workers, scheduler, on_done)
-    elif workers <= 1 or len(shards) <= 1 or total_rows < SERIAL_BELOW:
+    elif not use_pool(workers, len(shards), total_rows):
         results = []
         for shard in shards:
             results.append(run_shard(shard))

@@ -133,7 +133,7 @@ def valid_indices(task: Task, data, mapper: ExampleMapper | None = None, cache_d
     if not task.filter:
         return np.arange(n, dtype=np.int64)
     cached = _filter_cache_path(task, data, cache_dir)
-    hit = cached_indices(task, data, cache_dir)
+    hit = _read_filter_cache(cached, n) if cached is not None else None
     if hit is not None:
         return hit
     from flanbuild.sources.loader import to_rows

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 from flanbuild.catalog.tasks import Task
@@ -55,7 +54,8 @@ def _where(task: Task, role: str, data_dirs: list[Path], hub: bool) -> str:
         return "nothing (no file, no hub id)"
     hub_id, config = src.mirror_location()
     for d in data_dirs:  # a mirror at a URL is listed, not copied
-        if (d.remote_files if isinstance(d, urls.RemoteMirror) else partial(loader.find_in_mirror, d))(hub_id, config, split):
+        remote = isinstance(d, urls.RemoteMirror)
+        if d.remote_files(hub_id, config, split) if remote else loader.find_in_mirror(d, hub_id, config, split):
             return f"mirror:{d}/{hub_id}/{config}/{split}"
     at = f"{src.hub} {src.config} {split}" + (f" @{src.revision}" if src.revision else "")
     if loader._in_hf_cache(src.hub):
