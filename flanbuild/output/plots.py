@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from importlib import metadata
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from flanbuild.output.stats import MixtureStats
+from flanbuild.pipeline import cachefile
 
 COMPOSITION_PNG = "composition.png"
 LENGTHS_PNG = "lengths.png"
@@ -252,10 +252,4 @@ def _cached(path: Path, key: str, cache_dir: Path | None, draw: Callable[[Path],
         shutil.copyfile(kept, path)
         return
     draw(path)
-    try:  # a cache that cannot be written only costs time
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        tmp = kept.with_name(f".{kept.name}.{os.getpid()}.tmp")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, kept)
-    except OSError:
-        pass
+    cachefile.write(kept, Path(path).read_bytes())

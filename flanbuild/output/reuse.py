@@ -21,7 +21,7 @@ from pathlib import Path
 
 from flanbuild.output import stats
 from flanbuild.output.stats import StatsCollector
-from flanbuild.pipeline import writer
+from flanbuild.pipeline import cachefile, writer
 from flanbuild.pipeline.engine import library_versions
 
 SCHEME = "split-file-v1"
@@ -74,12 +74,5 @@ class FileCache:
         return record, collector
 
     def store(self, key: str, record: writer.DataFile, collector: StatsCollector) -> None:
-        path = self._path(key)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"key": key, "file": asdict(record), "stats": collector.to_json()}),
-                           encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a cache that cannot be written only costs time
+        cachefile.write(self._path(key), json.dumps({"key": key, "file": asdict(record),
+                                                     "stats": collector.to_json()}).encode())

@@ -14,17 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from flanbuild.errors import FlanbuildError
+from flanbuild.sources import urls
 
 MANIFEST = "mixture.json"
 
 
 def _filesystem(url: str):
-    import fsspec
-
-    try:
-        fs, root = fsspec.core.url_to_fs(url)
-    except (ValueError, ImportError) as e:
-        raise FlanbuildError(f"cannot open {url}: {e}") from None
+    fs, root = urls.filesystem(url)
     return fs, root.rstrip("/")
 
 

@@ -94,8 +94,7 @@ class EvalIndex:
     @classmethod
     def from_normalised(cls, chunks: Iterable[pa.Array], eval_texts: Iterable[str], n: int) -> "EvalIndex":
         """From eval inputs already normalised (e.g. part by part in worker processes: normalised_inputs)."""
-        chunks = list(chunks)
-        unique = pc.unique(pa.chunked_array(chunks, pa.string()).combine_chunks()) if chunks else pa.array([], pa.string())
+        unique = _distinct(list(chunks))
         # Arrow compares strings by their UTF-8 bytes, which orders them by code point, as Python does
         return cls.from_sorted(unique.take(pc.sort_indices(unique)), eval_texts, n)
 
@@ -137,7 +136,7 @@ class EvalIndex:
         for group in np.unique(ids):
             rows = np.flatnonzero(ids == group)
             check[rows] = self._may_match(inputs if len(rows) == len(inputs) else inputs.take(pa.array(rows)))
-        if check.any():  # one membership test for all of them (each builds a hash set of the eval inputs)
+        if check.any():  # the rows that may match, normalised in one call
             rows = np.flatnonzero(check)
             texts = inputs if len(rows) == len(inputs) else inputs.take(pa.array(rows))
             ordered = self._sorted("prefix")  # a binary search each (pc.is_in builds a hash set per call)
@@ -226,4 +225,8 @@ def normalised_inputs(piece: tuple[Path, int, int]) -> pa.Array:
             break
         chunks.append(normalise_array(batch.column("inputs").slice(0, stop - at)))
         at += batch.num_rows
+    return _distinct(chunks)
+
+
+def _distinct(chunks: list[pa.Array]) -> pa.Array:
     return pc.unique(pa.chunked_array(chunks, pa.string()).combine_chunks()) if chunks else pa.array([], pa.string())

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -25,6 +24,7 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 
+from flanbuild.pipeline import cachefile
 from flanbuild.pipeline import parts
 from flanbuild.pipeline.decontam import EvalIndex
 
@@ -74,15 +74,6 @@ class DecontamCache:
     def _path(self, key: str, suffix: str) -> Path | None:
         return self.dir / key[:2] / f"{key}{suffix}" if self.dir is not None else None
 
-    def _write(self, path: Path, data: bytes) -> None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a cache that cannot be written only costs time
-
     def task(self, key: str) -> list[dict] | None:
         """The cached outcome per part: [{"kept", "removed": [[id, type, n]...], "positions"}], or None."""
         path = self._path(key, ".json")
@@ -97,7 +88,7 @@ class DecontamCache:
     def store_task(self, key: str, parts: list[dict]) -> None:
         path = self._path(key, ".json")
         if path is not None:
-            self._write(path, json.dumps({"key": key, "parts": parts}).encode())
+            cachefile.write(path, json.dumps({"key": key, "parts": parts}).encode())
 
     def index(self, key: str, eval_texts: Iterable[str], ngram: int) -> EvalIndex | None:
         """The cached eval index of ``key`` (its sorted inputs and reversals), with the n-grams of
@@ -128,7 +119,7 @@ class DecontamCache:
         sink = pa.BufferOutputStream()
         with pa.ipc.new_file(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as writer:
             writer.write_table(table)
-        self._write(path, sink.getvalue().to_pybytes())
+        cachefile.write(path, sink.getvalue().to_pybytes())
 
 
 Outcome = tuple[int, Counter, tuple[np.ndarray, ...]]  # rows kept, removed by template, dropped positions per part

@@ -8,7 +8,6 @@ error names the task, the card field and the row.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +15,7 @@ import jinja2
 import numpy as np
 
 from flanbuild.sandbox import fastpath
+from flanbuild.pipeline import cachefile
 from flanbuild.catalog import schema
 from flanbuild.errors import FlanbuildError
 from flanbuild.catalog.tasks import Task
@@ -156,14 +156,8 @@ def valid_indices(task: Task, data, mapper: ExampleMapper | None = None, cache_d
         offset += batch.num_rows
     result = np.asarray(keep, dtype=np.int64)
     if cached is not None:
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-            body = result.astype("<i8").tobytes()
-            tmp.write_bytes(_FILTER_MAGIC + hashlib.sha256(body).digest() + body)
-            os.replace(tmp, cached)
-        except OSError:
-            pass
+        body = result.astype("<i8").tobytes()
+        cachefile.write(cached, _FILTER_MAGIC + hashlib.sha256(body).digest() + body)
     return result
 
 

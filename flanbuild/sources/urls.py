@@ -47,7 +47,8 @@ def split_dirs(value: str) -> list[str]:
     return out
 
 
-def _filesystem(url: str):
+def filesystem(url: str):
+    """(fsspec filesystem, path) of a URL; an unknown protocol or a missing package is a one-line error."""
     import fsspec
 
     try:
@@ -73,7 +74,7 @@ class RemoteMirror:
 
     def check(self) -> None:
         """A mirror URL that does not exist is an error now, not "not in the mirror" for every task."""
-        fs, root = _filesystem(self.url)
+        fs, root = filesystem(self.url)
         try:
             exists = fs.isdir(root)
         except Exception as e:  # noqa: BLE001 - network and permission errors of any fsspec backend
@@ -88,7 +89,7 @@ class RemoteMirror:
         if confined(self.local_root, hub_id, config, split) is None:
             raise FlanbuildError(f"{escape(hub_id)}/{escape(config)}/{escape(split)} would read outside the data "
                                  f"directory {self.url}")
-        fs, root = _filesystem(self.url)
+        fs, root = filesystem(self.url)
         folder = f"{root}/{hub_id}/{config}"
         try:
             single = f"{folder}/{split}.parquet"
@@ -98,7 +99,7 @@ class RemoteMirror:
 
     def fetch(self, hub_id: str, config: str, split: str) -> list[Path]:
         """Local copies of the split's files (see :meth:`remote_files`), fetched if missing or changed."""
-        fs, _ = _filesystem(self.url)
+        fs, _ = filesystem(self.url)
         try:
             return [self._copy(fs, path, self.local_root / hub_id / config / path.rsplit("/", 1)[-1])
                     for path in self.remote_files(hub_id, config, split)]
