@@ -148,3 +148,59 @@ def test_big_catalog_cards_read_lazily():
     for name in big:
         if name in registry.tasks:
             assert (registry.tasks[name].source.max_rows or 0) >= 30000, name
+
+
+def _one_group_file(path: Path, rows: int, tag: str = "") -> pa.Table:
+    table = pa.table({"text": [f"{tag}row {i}" for i in range(rows)], "n": pa.array(range(rows), pa.int64())})
+    pq.write_table(table, path, row_group_size=rows)  # one big row group, as pandas/pyarrow defaults write
+    return table
+
+
+@pytest.fixture
+def decoded(monkeypatch):
+    """Counts the rows Parquet decodes."""
+    seen = {"rows": 0}
+    real = pq.ParquetFile.iter_batches
+
+    def counting(self, *args, **kwargs):
+        for batch in real(self, *args, **kwargs):
+            seen["rows"] += batch.num_rows
+            yield batch
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", counting)
+    monkeypatch.setattr(loader, "_parked", None)
+    return seen
+
+
+def _read(data: loader.SplitData, lo: int, hi: int) -> list[str]:
+    return [t for _, _, b in data.selected_batches(np.arange(lo, hi), batch_rows=512) for t in b.column("text").to_pylist()]
+
+
+def test_consecutive_reads_of_a_big_row_group_decode_it_once(tmp_path, decoded):
+    """Shards of one row group read one after another (cuts inside batches) continue the last read
+    instead of decoding the group from its top each time."""
+    table = _one_group_file(tmp_path / "big.parquet", 10_000)
+    data = loader.SplitData("big", {}, parquet_files=[tmp_path / "big.parquet"])
+    cuts = [0, 2500, 5000, 7777, 10_000]
+    for lo, hi in zip(cuts, cuts[1:]):
+        assert _read(data, lo, hi) == table.column("text").to_pylist()[lo:hi]
+    assert decoded["rows"] == 10_000  # from the top each time, it was 25,277
+
+
+def test_reads_side_by_side_backwards_or_of_a_rewritten_file_get_their_own_rows(tmp_path, decoded):
+    path = tmp_path / "big.parquet"
+    table = _one_group_file(path, 6000)
+    text = table.column("text").to_pylist()
+    data = loader.SplitData("big", {}, parquet_files=[path])
+    first, second = data.selected_batches(np.arange(0, 6000), 512), data.selected_batches(np.arange(3000, 6000), 512)
+    got_first, got_second = [], []
+    for b in second:  # two open reads of the same group, interleaved
+        got_first += next(first)[2].column("text").to_pylist()
+        got_second += b[2].column("text").to_pylist()
+    got_first += [t for _, _, b in first for t in b.column("text").to_pylist()]
+    assert (got_first, got_second) == (text, text[3000:])
+    assert _read(data, 5000, 5100) == text[5000:5100]
+    assert _read(data, 100, 200) == text[100:200]  # before the parked read: a new read from the top
+    assert _read(data, 4000, 4100) == text[4000:4100]
+    new_text = _one_group_file(path, 6000, tag="new ").column("text").to_pylist()
+    assert _read(data, 4100, 4200) == new_text[4100:4200]  # not the parked read of the old file
