@@ -10,6 +10,7 @@ import functools
 import os
 import platform
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
@@ -146,6 +147,8 @@ def build(config: BuildConfig, registry: Registry | None = None, progress: Progr
         return _build_to_url(config, registry, progress)
     log = progress or Progress("quiet")
     started = time.perf_counter()
+    if config.engine == "local" and (config.workers or engine.default_workers(sys.maxsize)) > 1:
+        engine.start_fork_server([__name__])  # every function a worker runs is this module's or below it
     out = Path(config.out).expanduser().absolute()
     if out.is_symlink():  # built at the link's target: the link stays a link, to the new output
         out = out.resolve()

@@ -76,6 +76,26 @@ def test_split_files_written_in_parallel_are_the_same_files_and_card(toy_registr
         assert (one.out / name).read_text().replace("/one", "/two") == (two.out / name).read_text()
 
 
+def test_the_fork_server_starts_with_a_build_that_may_use_workers(toy_registry, tmp_path, monkeypatch):
+    """Its import of the builder overlaps the catalog and the sources instead of delaying the first pool."""
+    started = []
+    monkeypatch.setattr(engine, "start_fork_server", started.append)
+    _build(toy_registry, tmp_path / "one", workers=1, use_cache=False)
+    assert started == []
+    _build(toy_registry, tmp_path / "two", workers=2, use_cache=False)
+    assert started == [["flanbuild.builder"]]
+
+
+def test_shards_of_a_task_are_dealt_in_runs_of_consecutive_shards(toy_registry):
+    """Taken in turn, each worker tends to get the shard after its last one (a continued Parquet read)."""
+    task = toy_registry.task("sent_a")
+    job = RenderJob(task, "train", np.arange(95), 0, "m")
+    shards = [engine.Shard(piece, None, None, i) for i, piece in enumerate(engine.split_job(job, shard_rows=10))]
+    assert [s.number for s in engine._largest_first(shards, 1)] == list(range(9)) + [9]
+    assert [s.number for s in engine._largest_first(shards, 2)] == [0, 5, 1, 6, 2, 7, 3, 8, 4, 9]  # 9 is smaller: last
+    assert [s.number for s in engine._largest_first(shards, 3)] == [0, 4, 8, 1, 5, 2, 6, 3, 7, 9]
+
+
 def test_editing_one_template_rerenders_only_that_task(toy_catalog, tmp_path, small_shards):
     registry = Registry()
     registry.load_catalog(toy_catalog)
