@@ -124,3 +124,21 @@ def test_ngrams_of_rows_sharing_a_long_prefix_decide_like_word_tuples(seed):
     expected = [ngram_keys(t, n).isdisjoint(eval_grams) for t in train]
     assert index.keep_mask(pa.array(train), pa.array(groups, pa.int32())).to_pylist() == expected
     assert any(expected) and not all(expected)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_ascii_byte_path_normalises_like_re2(seed):
+    """ASCII rows skip RE2: on every printable and control character, empty rows, sliced arrays and
+    batches mixing ASCII with other rows, the answer is RE2's (and Python's, on ASCII)."""
+    from flanbuild.pipeline.decontam import _normalise_re2
+
+    rng = random.Random(seed)
+    alphabet = [chr(i) for i in range(128)] + ["é", "İ", "ß", "Σ", "字", "😀", "\u00a0", "²"]
+    texts = ["".join(rng.choice(alphabet[:128] if rng.random() < 0.8 else alphabet) for _ in range(rng.randrange(40)))
+             for _ in range(3000)] + ["", "   ", "--", "A", "a-b", " x ", ""]
+    column = pa.array(texts)
+    assert normalise_array(column).to_pylist() == _normalise_re2(column).to_pylist()
+    assert normalise_array(column.slice(17, 2000)).to_pylist() == _normalise_re2(column.slice(17, 2000)).to_pylist()
+    ascii_only = [t for t in texts if t.isascii()]
+    assert normalise_array(pa.array(ascii_only)).to_pylist() == [normalise(t) for t in ascii_only]
+    assert normalise_array(pa.array(["A b", None])).to_pylist() == ["a b", None]

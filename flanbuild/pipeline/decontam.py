@@ -65,11 +65,60 @@ def _word_ids(texts: Iterable[str], vocab: dict[str, int], grow: bool) -> tuple[
 
 
 def normalise_array(texts: pa.Array) -> pa.Array:
-    """``normalise`` for a whole Arrow column at once (RE2 in C++): lower-case, runs of anything but
-    letters and digits folded to one space, trimmed. (Python's and utf8proc's case mappings differ on
-    a few letters, e.g. 'İ' and final sigma; exact matching uses this function on both sides.)"""
+    """``normalise`` for a whole Arrow column at once: lower-case, runs of anything but letters and
+    digits folded to one space, trimmed. ASCII rows (nearly all) take a byte-table path in numpy, the
+    others RE2 in C++; the two agree exactly on ASCII (tested). (Python's and utf8proc's case mappings
+    differ on a few letters, e.g. 'İ' and final sigma; exact matching uses this function on both sides.)"""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    if texts.type != pa.string() or texts.null_count or not len(texts):
+        return _normalise_re2(texts)
+    is_ascii = pc.string_is_ascii(texts).to_numpy(zero_copy_only=False)
+    if is_ascii.all():
+        return pa.concat_arrays([_normalise_ascii(texts.slice(i, 4096)) for i in range(0, len(texts), 4096)])
+    if not is_ascii.any():
+        return _normalise_re2(texts)
+    rows, others = np.flatnonzero(is_ascii), np.flatnonzero(~is_ascii)
+    merged = pa.concat_arrays([normalise_array(texts.take(pa.array(rows))), _normalise_re2(texts.take(pa.array(others)))])
+    back = np.empty(len(texts), dtype=np.int64)
+    back[np.concatenate([rows, others])] = np.arange(len(texts))
+    return merged.take(pa.array(back))
+
+
+def _normalise_re2(texts: pa.Array) -> pa.Array:
     folded = pc.replace_substring_regex(pc.utf8_lower(texts), pattern=r"[^\p{L}\p{N}]+", replacement=" ")
     return pc.utf8_trim_whitespace(folded)
+
+
+_ASCII_FOLD = np.full(256, ord(" "), dtype=np.uint8)  # a letter lower-cased, a digit kept, the rest a space
+_ASCII_FOLD[np.frombuffer(b"abcdefghijklmnopqrstuvwxyz0123456789", np.uint8)] = np.frombuffer(
+    b"abcdefghijklmnopqrstuvwxyz0123456789", np.uint8)
+_ASCII_FOLD[np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", np.uint8)] = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", np.uint8)
+
+
+def _normalise_ascii(texts: pa.Array) -> pa.Array:
+    """``normalise`` of ASCII strings on their bytes (4x RE2's speed, which replaces every run of
+    separators through its match machinery): each byte through a table, then kept if it is a letter or
+    digit, or the separator just before a word that is not its string's first."""
+    n = len(texts)
+    offsets = np.frombuffer(texts.buffers()[1], dtype=np.int32)[texts.offset:texts.offset + n + 1]
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    data = _ASCII_FOLD[np.frombuffer(texts.buffers()[2], dtype=np.uint8, count=hi - lo, offset=lo)] \
+        if hi > lo else np.zeros(0, dtype=np.uint8)
+    rel = offsets - lo
+    keep = data != ord(" ")
+    word = keep.copy()  # a letter or digit that starts a word
+    word[1:] &= ~keep[:-1]
+    firsts = rel[:-1][rel[:-1] < len(data)]
+    word[firsts] = keep[firsts]
+    starts = np.flatnonzero(word)
+    string_of = np.repeat(np.arange(n, dtype=np.int32), np.diff(rel))[starts]
+    later = np.zeros(len(starts), dtype=bool)
+    later[1:] = string_of[1:] == string_of[:-1]
+    keep[starts[later] - 1] = True  # a separator (already a space) before a word that follows another
+    ends = np.zeros(len(data) + 1, dtype=np.int32)
+    np.cumsum(keep, out=ends[1:])
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(ends[rel]), pa.py_buffer(data[keep])])
 
 
 AFFIX_CHARS = (64, 24, 8)  # raw prefix/suffix lengths tried when looking for what a group of rows shares
