@@ -115,6 +115,7 @@ def test_decontamination_in_worker_processes_gives_the_same_bytes(toy_catalog, t
     one = toy_build(_registry(toy_catalog), tmp_path / "one", use_cache=False, workers=1, recipe=recipe)
     monkeypatch.setattr(engine, "SERIAL_BELOW", 0)
     monkeypatch.setattr(builder, "PARALLEL_CHECK_RATIO", 0)
+    monkeypatch.setattr(builder, "PARALLEL_CHECK_ROWS", 0)
     calls = []
     real = engine.process_map
     monkeypatch.setattr(engine, "process_map",
