@@ -26,6 +26,7 @@ from flanbuild.pipeline import parts
 from flanbuild.pipeline import writer
 from flanbuild.pipeline import checks
 from flanbuild.output.card import write_card
+from flanbuild.output import plots
 from flanbuild.output.stats import StatsCollector
 from flanbuild.output.manifest import SCHEMA_VERSION, Manifest, TaskRecord, fingerprint, write_manifest
 from flanbuild.output import reuse
@@ -148,7 +149,8 @@ def build(config: BuildConfig, registry: Registry | None = None, progress: Progr
     log = progress or Progress("quiet")
     started = time.perf_counter()
     if config.engine == "local" and (config.workers or engine.default_workers(sys.maxsize)) > 1:
-        engine.start_fork_server([__name__])  # every function a worker runs is this module's or below it
+        # every function a worker runs is this module's or below it; matplotlib for the card's pictures
+        engine.start_fork_server([__name__, *(plots.DRAWING_MODULES if config.plots else ())])
     out = Path(config.out).expanduser().absolute()
     if out.is_symlink():  # built at the link's target: the link stays a link, to the new output
         out = out.resolve()
@@ -226,7 +228,7 @@ def _make(config: BuildConfig, registry: Registry, out: Path, plan: Plan, cache_
         write_manifest(stage, manifest)
         log.stage("writing the dataset card", detail="plots off" if not config.plots else "")
         write_card(stage, manifest, registry.tasks, plots=config.plots, stats=collector.finish(manifest),
-                   cache_dir=cache_dir)
+                   cache_dir=cache_dir, workers=_local_workers(config, manifest["counts"]["train"]))
         writer.publish(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from flanbuild.pipeline import engine
+from flanbuild.output import plots
 from flanbuild.builder import BuildConfig, build
 from flanbuild.pipeline.mixer import MixConfig
 from flanbuild.catalog.registry import Registry
@@ -68,12 +69,15 @@ def test_split_files_written_in_parallel_are_the_same_files_and_card(toy_registr
     one = _build(toy_registry, tmp_path / "one", workers=1, use_cache=False, shard_rows=170, plots=True)
     assert not calls
     two = _build(toy_registry, tmp_path / "two", workers=2, use_cache=False, shard_rows=170, plots=True)
-    # card filters, rendering, the eval index and the split files: each stage ran in worker processes
-    assert calls == ["_filter_rows", "run_shard", "normalised_inputs", "_write_file"]
+    # card filters, rendering, the eval index, the split files and the card's pictures: each stage ran in
+    # worker processes
+    assert calls == ["_filter_rows", "run_shard", "normalised_inputs", "_write_file", "_draw"]
     assert len(one.manifest["files"]) >= 6
     assert _bytes(one) == _bytes(two)
     for name in ("README.md", "mixture.json"):
         assert (one.out / name).read_text().replace("/one", "/two") == (two.out / name).read_text()
+    for name in ("composition.png", "lengths.png"):
+        assert (one.out / name).read_bytes() == (two.out / name).read_bytes()
 
 
 def test_the_fork_server_starts_with_a_build_that_may_use_workers(toy_registry, tmp_path, monkeypatch):
@@ -83,7 +87,8 @@ def test_the_fork_server_starts_with_a_build_that_may_use_workers(toy_registry, 
     _build(toy_registry, tmp_path / "one", workers=1, use_cache=False)
     assert started == []
     _build(toy_registry, tmp_path / "two", workers=2, use_cache=False)
-    assert started == [["flanbuild.builder"]]
+    _build(toy_registry, tmp_path / "two-plots", workers=2, use_cache=False, plots=True)
+    assert started == [["flanbuild.builder"], ["flanbuild.builder", *plots.DRAWING_MODULES]]
 
 
 def test_shards_of_a_task_are_dealt_in_runs_of_consecutive_shards(toy_registry):
