@@ -338,7 +338,7 @@ def test_pictures_of_the_same_numbers_come_from_the_cache(toy_registry, tmp_path
     plots.write_plots(tmp_path / "a", manifest, stats, cache)
     assert len(list((cache / "plots").rglob("*.png"))) == 2
 
-    def not_drawn(*_, **__):
+    def not_drawn(*_):
         raise AssertionError("drawn instead of copied")
 
     monkeypatch.setattr(plots, "composition_png", not_drawn)

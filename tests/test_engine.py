@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from flanbuild.pipeline import engine
-from flanbuild.output import plots
 from flanbuild.builder import BuildConfig, build
 from flanbuild.pipeline.mixer import MixConfig
 from flanbuild.catalog.registry import Registry
@@ -69,9 +68,8 @@ def test_split_files_written_in_parallel_are_the_same_files_and_card(toy_registr
     one = _build(toy_registry, tmp_path / "one", workers=1, use_cache=False, shard_rows=170, plots=True)
     assert not calls
     two = _build(toy_registry, tmp_path / "two", workers=2, use_cache=False, shard_rows=170, plots=True)
-    # card filters, rendering, the eval index, the split files and the card's pictures: each stage ran in
-    # worker processes
-    assert calls == ["_filter_rows", "run_shard", "normalised_inputs", "_write_file", "_draw"]
+    # card filters, rendering, the eval index and the split files: each stage ran in worker processes
+    assert calls == ["_filter_rows", "run_shard", "normalised_inputs", "_write_file"]
     assert len(one.manifest["files"]) >= 6
     assert _bytes(one) == _bytes(two)
     for name in ("README.md", "mixture.json"):
@@ -87,8 +85,7 @@ def test_the_fork_server_starts_with_a_build_that_may_use_workers(toy_registry, 
     _build(toy_registry, tmp_path / "one", workers=1, use_cache=False)
     assert started == []
     _build(toy_registry, tmp_path / "two", workers=2, use_cache=False)
-    _build(toy_registry, tmp_path / "two-plots", workers=2, use_cache=False, plots=True)
-    assert started == [["flanbuild.builder"], ["flanbuild.builder", *plots.DRAWING_MODULES]]
+    assert started == [["flanbuild.builder"]]
 
 
 def test_shards_of_a_task_are_dealt_in_runs_of_consecutive_shards(toy_registry):
@@ -161,3 +158,34 @@ def test_default_workers_never_exceed_idle_cores_or_the_work(monkeypatch):
     assert engine.default_workers(10 * engine.ROWS_PER_WORKER) == 1
     monkeypatch.setattr(engine.os, "getloadavg", lambda: (5.0, 0.0, 0.0))
     assert engine.default_workers(10 * engine.ROWS_PER_WORKER) == 3
+
+
+def test_a_row_by_row_filter_is_cut_into_pieces_for_the_workers(toy_registry, tmp_path, monkeypatch):
+    """The pieces give the whole filter's rows (and its cache entry); an error names the data's own row."""
+    from dataclasses import replace
+
+    from flanbuild import builder
+    from flanbuild.errors import FlanbuildError
+    from flanbuild.pipeline.columnar import compile_filter
+    from flanbuild.pipeline.examples import cached_indices, valid_indices
+    from flanbuild.sources.loader import load_split
+
+    expr = "(text.split() | last | int) % 3 != 0"
+    assert compile_filter(expr) is None  # row by row
+    task = replace(toy_registry.task("sent_a"), filter=expr)
+    data = load_split(task, "train", [])
+    monkeypatch.setattr(engine, "SERIAL_BELOW", 0)
+    monkeypatch.setattr(builder, "FILTER_PIECE_ROWS", 70)
+    pieces = []
+    real = engine.process_map
+    monkeypatch.setattr(engine, "process_map", lambda fn, items, *a, **k: pieces.extend(items) or real(fn, items, *a, **k))
+    columnar = toy_registry.task("sent_b")
+    rows = builder._usable_rows([(columnar, load_split(columnar, "train", [])), (task, data)],
+                                BuildConfig(out=tmp_path / "o", workers=2), tmp_path / "cache")
+    assert [(t.name, r) for t, _, r in pieces] == [("sent_a", (0, 70)), ("sent_a", (70, 140)), ("sent_a", (140, 210)),
+                                                   ("sent_a", (210, 280)), ("sent_a", (280, 300)), ("sent_b", (0, 60))]
+    assert rows["sent_a"].tolist() == [i for i in range(300) if i % 3] == valid_indices(task, data).tolist()
+    assert cached_indices(task, data, tmp_path / "cache").tolist() == rows["sent_a"].tolist()
+    failing = replace(task, filter="1 // ((text.split() | last | int) - 150) >= 0")
+    with pytest.raises(FlanbuildError, match="row 150 of"):
+        valid_indices(failing, data, rows=(140, 210))

@@ -647,16 +647,14 @@ def _type_name(typ) -> str:
 
 
 def write_card(out_dir: Path, manifest: dict, tasks: dict | None = None, tokenizer: str | None = None, *,
-               plots: bool = True, stats: MixtureStats | None = None, cache_dir: Path | None = None,
-               workers: int = 1) -> dict:
+               plots: bool = True, stats: MixtureStats | None = None, cache_dir: Path | None = None) -> dict:
     """Write ``out_dir/README.md`` and its pictures for a build in ``out_dir``.
 
     Streams the split Parquet files listed in ``manifest["files"]`` once; ``tasks`` (name -> Task) adds
     licenses and descriptions; ``tokenizer`` (a hub id or a path) adds token counts; ``plots=False``
     skips the pictures (and matplotlib). The PNGs are not part of ``mixture.json``'s ``files``.
     ``stats`` given (the build collects them while writing) means no pass over the data here.
-    ``cache_dir``: pictures of the same numbers are copied from there instead of drawn (output/plots.py);
-    ``workers`` > 1 draws them in worker processes.
+    ``cache_dir``: pictures of the same numbers are copied from there instead of drawn (output/plots.py).
     Returns the scan's summary numbers (rows, seconds) for logging.
     """
     import time
@@ -675,7 +673,7 @@ def write_card(out_dir: Path, manifest: dict, tasks: dict | None = None, tokeniz
     if plots:
         from flanbuild.output.plots import write_plots
 
-        images = write_plots(out_dir, manifest, stats, cache_dir, workers)
+        images = write_plots(out_dir, manifest, stats, cache_dir)
     text = render_card(manifest, tasks=tasks, stats=stats, images=images)
     tmp = out_dir / "README.md.tmp"
     tmp.write_text(text, encoding="utf-8")

@@ -12,7 +12,6 @@ picture instead of drawing it, and when neither picture changed, matplotlib is n
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import shutil
@@ -208,47 +207,16 @@ def tokenizer_label(name: str | None) -> str:
     return name
 
 
-DRAWING_MODULES = ["matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.ticker", "matplotlib.style"]
-
-
-def write_plots(out_dir: Path, manifest: dict, stats: MixtureStats, cache_dir: Path | None = None,
-                workers: int = 1) -> dict[str, str]:
+def write_plots(out_dir: Path, manifest: dict, stats: MixtureStats, cache_dir: Path | None = None) -> dict[str, str]:
     """Both pictures into ``out_dir`` (copied from ``cache_dir`` when one shows the same numbers);
-    returns {"composition": file name, "lengths": file name}.
-
-    With several workers the pictures are drawn in worker processes, side by side. Their fork server
-    imported matplotlib (``DRAWING_MODULES``) while the build began, so the 0.35 s import is off this
-    process's path too. The bytes do not depend on where a picture is drawn (tested).
-    """
+    returns {"composition": file name, "lengths": file name}."""
     out_dir = Path(out_dir)
     train = sorted((n, t["rows"], t["cluster"], t["submixture"])
                    for n, t in manifest["tasks"].items() if t["role"] == "train")  # what composition_png draws
-    pictures = [(out_dir / COMPOSITION_PNG, _key("composition", json.dumps(train).encode()),
-                 functools.partial(composition_png, manifest=manifest)),
-                (out_dir / LENGTHS_PNG, _lengths_key(stats), functools.partial(lengths_png, stats=stats))]
-    kept = {key: Path(cache_dir) / "plots" / key[:2] / f"{key}.png" for _, key, _ in pictures} if cache_dir else {}
-    todo = []
-    for path, key, draw in pictures:
-        if key in kept and kept[key].is_file():
-            shutil.copyfile(kept[key], path)
-        else:
-            todo.append((draw, path))
-    if workers > 1 and todo:
-        from flanbuild.pipeline import engine
-
-        engine.process_map(_draw, todo, workers)
-    else:
-        for item in todo:
-            _draw(item)
-    for path, key, _ in pictures:
-        if key in kept and not kept[key].is_file():
-            cachefile.write(kept[key], path.read_bytes())
+    _cached(out_dir / COMPOSITION_PNG, _key("composition", json.dumps(train).encode()), cache_dir,
+            lambda path: composition_png(path, manifest))
+    _cached(out_dir / LENGTHS_PNG, _lengths_key(stats), cache_dir, lambda path: lengths_png(path, stats))
     return {"composition": COMPOSITION_PNG, "lengths": LENGTHS_PNG}
-
-
-def _draw(item: tuple[Callable[..., object], Path]) -> None:
-    draw, path = item
-    draw(path)
 
 
 def _key(kind: str, *data: bytes) -> str:
@@ -272,3 +240,16 @@ def _lengths_key(stats: MixtureStats) -> str:
                 values, counts = stats.dist(split, col, unit).arrays()
                 data += [values.tobytes(), counts.tobytes()]
     return _key("lengths", *data)
+
+
+def _cached(path: Path, key: str, cache_dir: Path | None, draw: Callable[[Path], object]) -> None:
+    """Copy the picture of ``key`` from the cache, or draw it (and keep a copy there)."""
+    if cache_dir is None:
+        draw(path)
+        return
+    kept = Path(cache_dir) / "plots" / key[:2] / f"{key}.png"
+    if kept.is_file():
+        shutil.copyfile(kept, path)
+        return
+    draw(path)
+    cachefile.write(kept, Path(path).read_bytes())

@@ -20,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
@@ -299,6 +299,11 @@ def _kill_pool(pool: ProcessPoolExecutor) -> None:
             pass
 
 
+# What every worker imports, once in the fork server instead of once per worker of every pool: this module,
+# and pandas, which pyarrow imports (0.2 s) the first time it builds an array from Python objects.
+WORKER_PRELOAD = ["flanbuild.pipeline.engine", "pandas"]
+
+
 def start_fork_server(preload: list[str]) -> None:
     """Start the worker processes' fork server now rather than with the first pool. The server imports
     ``preload`` (about 0.4 s for the whole builder) on an idle core while the build loads its catalog and
@@ -306,7 +311,7 @@ def start_fork_server(preload: list[str]) -> None:
     import multiprocessing
     from multiprocessing import forkserver
 
-    multiprocessing.get_context("forkserver").set_forkserver_preload(preload)
+    multiprocessing.get_context("forkserver").set_forkserver_preload([*WORKER_PRELOAD, *preload])
     forkserver.ensure_running()
 
 
@@ -321,7 +326,7 @@ def process_map(fn: Callable, items: list, workers: int, on_done: Callable = lam
     # forkserver: workers start from a clean process (no inherited Arrow/Jinja threads), and the
     # modules they run are imported once in the server (started by the build's first pool), not per worker.
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["flanbuild.pipeline.engine", getattr(fn, "func", fn).__module__])
+    ctx.set_forkserver_preload([*WORKER_PRELOAD, getattr(fn, "func", fn).__module__])
     pool = ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=ctx,
                                initializer=_worker_init, initargs=(os.getpid(), initializer))
     restore = _terminate_on_sigterm()

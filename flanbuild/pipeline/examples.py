@@ -123,17 +123,19 @@ def _describe(e: Exception) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
 
 
-def valid_indices(task: Task, data, mapper: ExampleMapper | None = None, cache_dir=None):
+def valid_indices(task: Task, data, mapper: ExampleMapper | None = None, cache_dir=None,
+                  rows: tuple[int, int] | None = None):
     """Indices of the rows the card's filter keeps (all rows when there is no filter).
 
     Sampling happens over these indices, so a task's row count in the mixture is exact even when the
     source has unlabelled rows. With ``cache_dir``, the result is kept by (data identity, filter).
+    ``rows`` = (start, stop) filters only those rows (a worker's piece of a task, never cached); the
+    indices and the rows named in errors are still the data's own.
     """
-    n = data.num_rows
     if not task.filter:
-        return np.arange(n, dtype=np.int64)
-    cached = _filter_cache_path(task, data, cache_dir)
-    hit = _read_filter_cache(cached, n) if cached is not None else None
+        return np.arange(*(rows or (0, data.num_rows)), dtype=np.int64)
+    cached = _filter_cache_path(task, data, cache_dir) if rows is None else None
+    hit = _read_filter_cache(cached, data.num_rows) if cached is not None else None
     if hit is not None:
         return hit
     from flanbuild.sources.loader import to_rows
@@ -143,8 +145,8 @@ def valid_indices(task: Task, data, mapper: ExampleMapper | None = None, cache_d
     mapper = mapper or ExampleMapper(task, data.features)
     columnar = compile_filter(task.filter)  # Arrow compute where it gives the row path's answer; else row by row
     keep = []
-    offset = 0
-    for batch in data.batches():
+    offset = rows[0] if rows else 0
+    for batch in (data.window(*rows) if rows else data).batches():
         mask = columnar(batch) if columnar is not None else None
         if mask is not None:
             keep.extend((offset + np.flatnonzero(mask)).tolist())
@@ -156,9 +158,16 @@ def valid_indices(task: Task, data, mapper: ExampleMapper | None = None, cache_d
         offset += batch.num_rows
     result = np.asarray(keep, dtype=np.int64)
     if cached is not None:
-        body = result.astype("<i8").tobytes()
-        cachefile.write(cached, _FILTER_MAGIC + hashlib.sha256(body).digest() + body)
+        store_indices(task, data, cache_dir, result)
     return result
+
+
+def store_indices(task: Task, data, cache_dir, result: np.ndarray) -> None:
+    """Keep a task's usable rows in the filter cache (what cached_indices reads)."""
+    path = _filter_cache_path(task, data, cache_dir)
+    if path is not None:
+        body = result.astype("<i8").tobytes()
+        cachefile.write(path, _FILTER_MAGIC + hashlib.sha256(body).digest() + body)
 
 
 _FILTER_MAGIC = b"flanbuild-filter-v1\n"
