@@ -189,3 +189,17 @@ def test_a_row_by_row_filter_is_cut_into_pieces_for_the_workers(toy_registry, tm
     failing = replace(task, filter="1 // ((text.split() | last | int) - 150) >= 0")
     with pytest.raises(FlanbuildError, match="row 150 of"):
         valid_indices(failing, data, rows=(140, 210))
+
+
+def test_only_a_part_the_cache_keeps_is_compressed(toy_registry, tmp_path):
+    """A part that lives only while the build runs skips LZ4 (time); a cached one is compressed (disk)."""
+    from flanbuild.pipeline import parts
+    from flanbuild.sources.loader import load_split
+
+    task = toy_registry.task("sent_a")
+    data = load_split(task, "train", [])
+    job = RenderJob(task, "train", np.repeat(np.arange(300), 20), 0, "m")
+    plain = engine.run_shard(engine.Shard(job, data, tmp_path / "plain.arrow", 0))
+    kept = engine.run_shard(engine.Shard(job, data, tmp_path / "kept.arrow", 0, "k" * 64, tmp_path / "cache"))
+    assert [b.to_pylist() for b in parts.batches(plain.path)] == [b.to_pylist() for b in parts.batches(kept.path)]
+    assert kept.path.stat().st_size * 2 < plain.path.stat().st_size

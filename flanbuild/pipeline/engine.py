@@ -176,7 +176,7 @@ def run_shard(shard: Shard) -> ShardResult:
     hit = from_cache(shard)
     if hit is not None:
         return hit
-    stats = write_part(shard.job, shard.data, shard.path)
+    stats = write_part(shard.job, shard.data, shard.path, compress=shard.cache_dir is not None)
     stats.per_template = {int(k): v for k, v in stats.per_template.items()}
     if shard.cache_dir is not None:
         _store(shard.path, stats, shard.cache_dir / shard.cache_key[:2], shard.cache_key)

@@ -1,10 +1,10 @@
 """Rendered parts on disk: the build's intermediate files (and the render cache's entries).
 
 A part is written once by a render worker and read once or twice by the same build (decontamination
-reads its ``inputs``, the writer reads it whole), so it is an Arrow IPC file with LZ4-compressed
-buffers, not Parquet: on this project's benchmark rows IPC+LZ4 writes about 3x faster than zstd
-Parquet and reads about 5x faster, at roughly three times the size. Only the published split files
-are Parquet (pipeline/writer.py).
+reads its ``inputs``, the writer reads it whole), so it is an Arrow IPC file, not Parquet: on this
+project's benchmark rows IPC+LZ4 writes about 3x faster than zstd Parquet and reads about 5x faster,
+at roughly three times the size, and uncompressed IPC (a part no cache keeps) twice as fast again.
+Only the published split files are Parquet (pipeline/writer.py).
 
 Every record batch of a part holds exactly ``batch_rows`` rows (the last one fewer), whatever sizes
 the renderer hands over, and the file says so in its schema metadata: so the same rows give the same
@@ -23,16 +23,22 @@ import pyarrow.ipc as ipc
 SUFFIX = ".arrow"
 BATCH_ROWS = 4096
 _KEY = b"flanbuild.batch_rows"
-_OPTIONS = ipc.IpcWriteOptions(compression="lz4")
 
 
 class PartWriter:
-    """Writes tables of any size to a part (a path, or an in-memory sink for a Dask worker)."""
+    """Writes tables of any size to a part (a path, or an in-memory sink for a Dask worker).
 
-    def __init__(self, where: Path | pa.NativeFile, schema: pa.Schema, batch_rows: int = BATCH_ROWS):
+    ``compress=False`` for a part that only lives while its build runs (no cache): LZ4 costs more time
+    (0.4 s per million benchmark rows written, 0.1 s read) than the page cache saves on a file read back
+    within seconds; a part the cache keeps, or one sent over the network, is compressed.
+    """
+
+    def __init__(self, where: Path | pa.NativeFile, schema: pa.Schema, batch_rows: int = BATCH_ROWS,
+                 compress: bool = True):
         self.schema, self.batch_rows = schema, batch_rows
         schema = schema.with_metadata({**(schema.metadata or {}), _KEY: str(batch_rows).encode()})
-        self._writer = ipc.new_file(str(where) if isinstance(where, Path) else where, schema, options=_OPTIONS)
+        options = ipc.IpcWriteOptions(compression="lz4" if compress else None)
+        self._writer = ipc.new_file(str(where) if isinstance(where, Path) else where, schema, options=options)
         self._pending: list[pa.Table] = []
         self._count = 0
 

@@ -428,13 +428,14 @@ def _assemble(query: Rendered, shots: list[tuple[int, Rendered]], style: PromptS
 
 
 def write_part(job: RenderJob, data: SplitData, path: Path | pa.NativeFile, exemplar_data: SplitData | None = None,
-               columnar: bool = True) -> RenderStats:
+               columnar: bool = True, compress: bool = True) -> RenderStats:
     """Render a job into one part file (pipeline/parts.py: the unit the writer assembles and the cache keeps).
 
-    ``columnar=False`` keeps every row on the row path (the differential tests compare the two).
+    ``columnar=False`` keeps every row on the row path (the differential tests compare the two);
+    ``compress=False`` for a part no cache keeps.
     """
     stats = RenderStats()
-    with parts.PartWriter(path, OUTPUT_SCHEMA) as writer:
+    with parts.PartWriter(path, OUTPUT_SCHEMA, compress=compress) as writer:
         buffer: list[tuple] = []
         for record in _records(job, data, stats, exemplar_data, columnar):
             if isinstance(record, pa.Table):
