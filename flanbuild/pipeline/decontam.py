@@ -143,9 +143,7 @@ class EvalIndex:
     @classmethod
     def from_normalised(cls, chunks: Iterable[pa.Array], eval_texts: Iterable[str], n: int) -> "EvalIndex":
         """From eval inputs already normalised (e.g. part by part in worker processes: normalised_inputs)."""
-        unique = _distinct(list(chunks))
-        # Arrow compares strings by their UTF-8 bytes, which orders them by code point, as Python does
-        return cls.from_sorted(unique.take(pc.sort_indices(unique)), eval_texts, n)
+        return cls.from_sorted(_sorted_distinct(list(chunks)), eval_texts, n)
 
     @classmethod
     def from_sorted(cls, inputs: pa.Array, eval_texts: Iterable[str], n: int,
@@ -266,7 +264,7 @@ def _normalised_affix(affix: str) -> str:
 
 
 def normalised_inputs(piece: tuple[Path, int, int]) -> pa.Array:
-    """The distinct normalised inputs of rows ``start``..``stop`` of a rendered eval part."""
+    """The normalised inputs of rows ``start``..``stop`` of a rendered eval part."""
     path, start, stop = piece
     chunks, at = [], start
     for batch in parts.batches(path, columns=["inputs"], start=start):
@@ -274,8 +272,17 @@ def normalised_inputs(piece: tuple[Path, int, int]) -> pa.Array:
             break
         chunks.append(normalise_array(batch.column("inputs").slice(0, stop - at)))
         at += batch.num_rows
-    return _distinct(chunks)
+    return pa.chunked_array(chunks, pa.string()).combine_chunks() if chunks else pa.array([], pa.string())
 
 
-def _distinct(chunks: list[pa.Array]) -> pa.Array:
-    return pc.unique(pa.chunked_array(chunks, pa.string()).combine_chunks()) if chunks else pa.array([], pa.string())
+def _sorted_distinct(chunks: list[pa.Array]) -> pa.Array:
+    """The distinct strings of ``chunks``, sorted: one sort, then each string that differs from the one
+    before it (a hash-based unique first cost more than the sort; eval inputs are nearly all distinct).
+    Arrow compares strings by their UTF-8 bytes, which orders them by code point, as Python does."""
+    values = pa.chunked_array(chunks, pa.string()).combine_chunks() if chunks else pa.array([], pa.string())
+    ordered = values.take(pc.sort_indices(values))
+    if len(ordered) < 2:
+        return ordered
+    new = np.ones(len(ordered), dtype=bool)
+    new[1:] = pc.not_equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1)).to_numpy(zero_copy_only=False)
+    return ordered.filter(pa.array(new))
