@@ -148,11 +148,14 @@ def build(config: BuildConfig, registry: Registry | None = None, progress: Progr
         return _build_to_url(config, registry, progress)
     log = progress or Progress("quiet")
     started = time.perf_counter()
-    if config.engine == "local" and (config.workers or engine.default_workers(sys.maxsize)) > 1:
-        engine.start_fork_server([__name__])  # every function a worker runs is this module's or below it
     out = Path(config.out).expanduser().absolute()
     if out.is_symlink():  # built at the link's target: the link stays a link, to the new output
         out = out.resolve()
+    if config.engine == "local" and (config.workers or engine.default_workers(sys.maxsize)) > 1 \
+            and not (out / "mixture.json").is_file():
+        # A first build of OUT starts its workers' fork server now: the server's imports overlap the catalog
+        # and the sources. A rebuild often needs no worker at all, and starts it only if one does.
+        engine.start_fork_server([__name__])  # every function a worker runs is this module's or below it
     registry, unmatched = _check_inputs(config, out, registry)
     checks.check_names(registry, config)
     cache_dir = (config.cache_dir or urls.default_cache_dir()) if config.use_cache else None

@@ -79,12 +79,15 @@ def test_split_files_written_in_parallel_are_the_same_files_and_card(toy_registr
 
 
 def test_the_fork_server_starts_with_a_build_that_may_use_workers(toy_registry, tmp_path, monkeypatch):
-    """Its import of the builder overlaps the catalog and the sources instead of delaying the first pool."""
+    """On a first build of OUT, its import of the builder overlaps the catalog and the sources instead of
+    delaying the first pool."""
     started = []
     monkeypatch.setattr(engine, "start_fork_server", started.append)
     _build(toy_registry, tmp_path / "one", workers=1, use_cache=False)
     assert started == []
     _build(toy_registry, tmp_path / "two", workers=2, use_cache=False)
+    assert started == [["flanbuild.builder"]]
+    _build(toy_registry, tmp_path / "two", workers=2, use_cache=False)  # a rebuild: only if a pool is needed
     assert started == [["flanbuild.builder"]]
 
 
