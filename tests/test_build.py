@@ -103,6 +103,12 @@ def test_cli_build(toy_catalog, tmp_path):
     r = run_cli(*toy_args(toy_catalog, tmp_path / "out"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out" / "mixture.json").is_file()
+    assert (tmp_path / "out" / "lengths.png").is_file()
+    r = run_cli(*toy_args(toy_catalog, tmp_path / "plain"), "--no-plots")
+    assert r.returncode == 0, r.stderr
+    assert not list((tmp_path / "plain").glob("*.png")) and "lengths.png" not in (tmp_path / "plain" / "README.md").read_text()
+    fingerprints = [json.loads((tmp_path / d / "mixture.json").read_text())["fingerprint"] for d in ("out", "plain")]
+    assert fingerprints[0] == fingerprints[1]  # the same data files
 
 
 @pytest.mark.parametrize("case", ["unknown_cluster", "syntax_error", "unknown_field", "missing_data_dir",

@@ -169,7 +169,7 @@ def cmd_build(args) -> int:
         promptsource_dir=Path(args.promptsource_dir) if args.promptsource_dir else None,
         shard_rows=args.shard_rows, command="flanbuild " + shlex.join(args.argv),
         clusters=args.clusters, workers=args.workers, engine=args.engine, scheduler=args.scheduler,
-        cache_dir=Path(args.cache_dir) if args.cache_dir else None, use_cache=not args.no_cache,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None, use_cache=not args.no_cache, plots=not args.no_plots,
     )
     from flanbuild.pipeline.progress import Progress
 
@@ -252,6 +252,8 @@ def add_parsers(sub, common, data) -> None:
     p.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address (default: a local cluster)")
     p.add_argument("--cache-dir", metavar="DIR", help="render cache (default: $FLANBUILD_CACHE or ~/.cache/flanbuild)")
     p.add_argument("--no-cache", action="store_true", help="render everything; do not read or write the cache")
+    p.add_argument("--no-plots", action="store_true", help="no pictures in the card (nor matplotlib): quicker rebuilds "
+                                                          "while editing templates; the data files are the same")
     p.add_argument("--format", choices=["flan", "chat", "prompt-completion", "alpaca"], default="flan",
                    help="also export the mixture for a trainer into OUT/exports/FORMAT (see flanbuild export)")
     p.add_argument("--jsonl", action="store_true", help="with --format: write JSONL instead of Parquet")
