@@ -385,12 +385,10 @@ def _usable_rows(found: list[tuple[Task, SplitData]], config: BuildConfig, cache
     if not engine.use_pool(workers, len(filtered), total):
         out.update({t.name: valid_indices(t, d, cache_dir=cache_dir) for t, d in filtered})
         return out
-    pieces = []
-    for t, d in filtered:
-        by_rows = compile_filter(t.filter) is None
-        size = FILTER_PIECE_ROWS if by_rows else max(d.num_rows, 1)
-        pieces += [(not by_rows, (t, d, (a, min(a + size, d.num_rows)))) for a in range(0, max(d.num_rows, 1), size)]
-    pieces = [piece for _, piece in sorted(pieces, key=lambda p: p[0])]  # stable: each task's pieces in order
+    row_path = {t.name for t, _ in filtered if compile_filter(t.filter) is None}
+    pieces = [(t, d, (a, min(a + FILTER_PIECE_ROWS, d.num_rows)))
+              for t, d in filtered if t.name in row_path for a in range(0, d.num_rows, FILTER_PIECE_ROWS)]
+    pieces += [(t, d, (0, d.num_rows)) for t, d in filtered if t.name not in row_path or not d.num_rows]
     kept: dict[str, list[np.ndarray]] = {}
     for (t, _, _), rows in zip(pieces, engine.process_map(_filter_rows, pieces, workers)):
         kept.setdefault(t.name, []).append(rows)
@@ -708,10 +706,10 @@ def _eval_index(eval_jobs: list[RenderJob], data: dict[str, SplitData], paths: d
     sizes = [(p, parts.num_rows(p)) for j in eval_jobs for p in paths[j.task.name]]
     pieces = [(p, a, min(a + EVAL_INDEX_PIECE_ROWS, n)) for p, n in sizes for a in range(0, n, EVAL_INDEX_PIECE_ROWS)]
     if engine.use_pool(workers, len(pieces), sum(n for _, n in sizes)):
-        chunks = engine.process_map(decontam.normalised_inputs, pieces, workers)  # the regex is the cost
+        normalised = engine.process_map(decontam.normalised_inputs, pieces, workers)
     else:
-        chunks = [decontam.normalised_inputs(piece) for piece in pieces]
-    index = decontam.EvalIndex.from_normalised(chunks, texts, ngram)
+        normalised = [decontam.normalised_inputs(piece) for piece in pieces]
+    index = decontam.EvalIndex.from_normalised([c for chunks in normalised for c in chunks], texts, ngram)
     if eval_key:
         cache.store_index(eval_key, index)
     return index

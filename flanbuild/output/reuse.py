@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -67,10 +65,7 @@ class FileCache:
             collector = StatsCollector.from_json(doc["stats"], seed, tokenizer)
         except (OSError, ValueError, KeyError, TypeError):
             return None  # no entry, or a damaged one: the file is written
-        try:
-            os.link(src, stage / rel)
-        except OSError:
-            shutil.copyfile(src, stage / rel)
+        cachefile.link_or_copy(src, stage / rel)
         return record, collector
 
     def store(self, key: str, record: writer.DataFile, collector: StatsCollector) -> None:

@@ -74,8 +74,9 @@ def normalise_array(texts: pa.Array) -> pa.Array:
     if texts.type != pa.string() or texts.null_count or not len(texts):
         return _normalise_re2(texts)
     is_ascii = pc.string_is_ascii(texts).to_numpy(zero_copy_only=False)
-    if is_ascii.all():
-        return pa.concat_arrays([_normalise_ascii(texts.slice(i, 4096)) for i in range(0, len(texts), 4096)])
+    if is_ascii.all():  # in slices: the byte path's temporaries are several times the text's size
+        pieces = [_normalise_ascii(texts.slice(i, 4096)) for i in range(0, len(texts), 4096)]
+        return pieces[0] if len(pieces) == 1 else pa.concat_arrays(pieces)
     if not is_ascii.any():
         return _normalise_re2(texts)
     rows, others = np.flatnonzero(is_ascii), np.flatnonzero(~is_ascii)
@@ -263,8 +264,8 @@ def _normalised_affix(affix: str) -> str:
     return normalise(affix) if affix.isascii() else normalise_array(pa.array([affix], pa.string()))[0].as_py()
 
 
-def normalised_inputs(piece: tuple[Path, int, int]) -> pa.Array:
-    """The normalised inputs of rows ``start``..``stop`` of a rendered eval part."""
+def normalised_inputs(piece: tuple[Path, int, int]) -> list[pa.Array]:
+    """The normalised inputs of rows ``start``..``stop`` of a rendered eval part, batch by batch."""
     path, start, stop = piece
     chunks, at = [], start
     for batch in parts.batches(path, columns=["inputs"], start=start):
@@ -272,7 +273,7 @@ def normalised_inputs(piece: tuple[Path, int, int]) -> pa.Array:
             break
         chunks.append(normalise_array(batch.column("inputs").slice(0, stop - at)))
         at += batch.num_rows
-    return pa.chunked_array(chunks, pa.string()).combine_chunks() if chunks else pa.array([], pa.string())
+    return chunks
 
 
 def _sorted_distinct(chunks: list[pa.Array]) -> pa.Array:

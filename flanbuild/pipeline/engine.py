@@ -15,7 +15,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
 from importlib import metadata
@@ -25,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from flanbuild.errors import FlanbuildError
-from flanbuild.pipeline import parts
+from flanbuild.pipeline import cachefile, parts
 from flanbuild.pipeline.writer import sha256_file
 from flanbuild.pipeline.render import RenderJob, RenderStats, write_part
 from flanbuild.sources.loader import SplitData
@@ -140,7 +139,7 @@ def from_cache(shard: Shard) -> ShardResult | None:
             except OSError:
                 pass
         return None
-    _link_or_copy(cached, shard.path)
+    cachefile.link_or_copy(cached, shard.path)
     return ShardResult(shard.number, shard.path, stats, True)
 
 
@@ -183,26 +182,11 @@ def run_shard(shard: Shard) -> ShardResult:
     return ShardResult(shard.number, shard.path, stats, False)
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)  # parts are rewritten by replacement, never in place, so sharing the inode is safe
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
 def _store(part: Path, stats: RenderStats, directory: Path, key: str) -> None:
-    """Add a part to the cache atomically (a crash leaves no half-written entry)."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{key}.{os.getpid()}.tmp"
-        shutil.copyfile(part, tmp)
-        os.replace(tmp, directory / f"{key}{parts.SUFFIX}")
-        meta_tmp = directory / f".{key}.{os.getpid()}.json.tmp"
-        meta_tmp.write_text(json.dumps({"key": key, "sha256": sha256_file(directory / f"{key}{parts.SUFFIX}"),
-                                        "stats": asdict(stats)}))
-        os.replace(meta_tmp, directory / f"{key}.json")
-    except OSError:
-        pass  # a cache that cannot be written only costs time
+    """Add a part to the cache atomically: the part first, then the record that makes it a hit."""
+    if cachefile.copy(part, directory / f"{key}{parts.SUFFIX}"):
+        cachefile.write(directory / f"{key}.json",
+                        json.dumps({"key": key, "sha256": sha256_file(part), "stats": asdict(stats)}).encode())
 
 
 def use_pool(workers: int, items: int, rows: int) -> bool:
