@@ -25,7 +25,8 @@ from flanbuild.pipeline import mixer
 from flanbuild.pipeline import parts
 from flanbuild.pipeline import writer
 from flanbuild.pipeline import checks
-from flanbuild.output.card import write_card
+from flanbuild.output.card import pictures_possible, write_card
+from flanbuild.output import plots as card_plots
 from flanbuild.output.stats import StatsCollector
 from flanbuild.output.manifest import SCHEMA_VERSION, Manifest, TaskRecord, fingerprint, write_manifest
 from flanbuild.output import reuse
@@ -212,6 +213,7 @@ def _make(config: BuildConfig, registry: Registry, out: Path, plan: Plan, cache_
     """Stages 3-7 in a staging directory beside OUT: render, decontaminate, write, describe, publish."""
     selection, jobs = plan.selection, plan.jobs
     stage = writer.staging_dir(out)
+    composition = None
     try:
         parts_dir = stage / ".parts"
         parts_dir.mkdir()
@@ -222,6 +224,7 @@ def _make(config: BuildConfig, registry: Registry, out: Path, plan: Plan, cache_
                                                  log, plan.shard_keys, cache_dir,
                                                  _local_workers(config, sum(s.rows for s in stats.values())))
         part_keys = {p: k for name, ps in paths.items() for p, k in zip(ps, plan.shard_keys.get(name, ()))}
+        composition = _start_composition(stage, jobs, stats, config, cache_dir)
         files, collector = _write_splits(stage, out, jobs, paths, dropped, stats, config, part_keys, cache_dir, log)
         shutil.rmtree(parts_dir)
         manifest = _describe(config, selection, jobs, stats, plan.shares, decontaminated, files, plan.held,
@@ -230,9 +233,11 @@ def _make(config: BuildConfig, registry: Registry, out: Path, plan: Plan, cache_
         write_manifest(stage, manifest)
         log.stage("writing the dataset card", detail="plots off" if not config.plots else "")
         write_card(stage, manifest, registry.tasks, plots=config.plots, stats=collector.finish(manifest),
-                   cache_dir=cache_dir)
+                   cache_dir=cache_dir, composition=composition)
         writer.publish(stage, out)
     except BaseException:
+        if composition is not None:
+            composition.exception()  # the drawing thread is done with the staging directory
         shutil.rmtree(stage, ignore_errors=True)
         raise
     log.finish(f"wrote {out}: train {manifest['counts']['train']} rows, eval {manifest['counts']['eval']} rows, "
@@ -499,6 +504,18 @@ def _write_splits(stage: Path, out: Path, jobs: list[RenderJob], paths: dict[str
     for _, part in results:
         collector.merge(part)
     return [f for f, _ in results], collector
+
+
+def _start_composition(stage: Path, jobs: list[RenderJob], stats: dict[str, RenderStats], config: BuildConfig,
+                       cache_dir: Path | None):
+    """When workers write the splits, the card's composition picture is drawn meanwhile, in a thread here
+    (it needs only the train tasks' rows); else later, with the rest of the card."""
+    rows = sum(s.rows for s in stats.values())
+    if not config.plots or _local_workers(config, rows) < 2 or not pictures_possible():
+        return None
+    tasks = {j.task.name: {"role": j.role, "rows": stats[j.task.name].rows, "cluster": j.task.cluster,
+                           "submixture": j.task_source} for j in jobs}  # what the manifest will say of them
+    return card_plots.start_composition(stage, {"tasks": tasks}, cache_dir)
 
 
 def _write_files(stage: Path, writes: list[writer.ShardWrite], config: BuildConfig,

@@ -61,21 +61,55 @@ def test_same_bytes_for_any_worker_count_and_cache_state(toy_registry, tmp_path,
 def test_split_files_written_in_parallel_are_the_same_files_and_card(toy_registry, tmp_path, small_shards, monkeypatch):
     """With workers, filtering, rendering, the eval index and the split files (one process per file, its
     statistics merged) run in processes: the same files and card as one process."""
+    from flanbuild.output import plots
+
     calls = []
     real = engine.process_map
     monkeypatch.setattr(engine, "process_map",
                         lambda fn, items, *a, **k: calls.append(getattr(fn, "func", fn).__name__) or real(fn, items, *a, **k))
+    real_start = plots.start_composition
+    monkeypatch.setattr(plots, "start_composition", lambda *a: calls.append("start_composition") or real_start(*a))
     one = _build(toy_registry, tmp_path / "one", workers=1, use_cache=False, shard_rows=170, plots=True)
     assert not calls
     two = _build(toy_registry, tmp_path / "two", workers=2, use_cache=False, shard_rows=170, plots=True)
-    # card filters, rendering, the eval index and the split files: each stage ran in worker processes
-    assert calls == ["_filter_rows", "run_shard", "normalised_inputs", "_write_file"]
+    # card filters, rendering, the eval index and the split files: each stage ran in worker processes, and
+    # the composition picture was drawn in a thread while the files were written
+    assert calls == ["_filter_rows", "run_shard", "normalised_inputs", "start_composition", "_write_file"]
     assert len(one.manifest["files"]) >= 6
     assert _bytes(one) == _bytes(two)
     for name in ("README.md", "mixture.json"):
         assert (one.out / name).read_text().replace("/one", "/two") == (two.out / name).read_text()
     for name in ("composition.png", "lengths.png"):
         assert (one.out / name).read_bytes() == (two.out / name).read_bytes()
+
+
+def test_a_failed_write_leaves_nothing_while_the_composition_is_drawn(toy_registry, tmp_path, monkeypatch):
+    """The picture thread draws into the staging directory: a build that fails meanwhile waits for it,
+    then removes the staging directory, and OUT is not created."""
+    import threading
+
+    from flanbuild import builder
+    from flanbuild.errors import FlanbuildError
+    from flanbuild.output import plots
+
+    drawing, finish = threading.Event(), threading.Event()
+    real_draw = plots.composition_png
+
+    def slow_draw(path, manifest):
+        drawing.set()
+        finish.wait(10)
+        return real_draw(path, manifest)
+
+    def failing_write(*_a, **_k):
+        assert drawing.wait(10)
+        threading.Timer(0.2, finish.set).start()  # the picture is still being drawn when the build fails
+        raise FlanbuildError("disk full")
+
+    monkeypatch.setattr(plots, "composition_png", slow_draw)
+    monkeypatch.setattr(builder, "_write_splits", failing_write)
+    with pytest.raises(FlanbuildError, match="disk full"):
+        _build(toy_registry, tmp_path / "out", workers=2, use_cache=False, plots=True)
+    assert finish.is_set() and sorted(p.name for p in tmp_path.iterdir()) == ["toy"]  # the catalog only
 
 
 def test_the_fork_server_starts_with_a_build_that_may_use_workers(toy_registry, tmp_path, monkeypatch):

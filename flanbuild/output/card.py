@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from flanbuild.output.stats import MixtureStats
 
 SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -646,8 +648,16 @@ def _type_name(typ) -> str:
     return str(typ)
 
 
+def pictures_possible() -> bool:
+    """Whether matplotlib is installed (found without importing it)."""
+    from importlib.util import find_spec
+
+    return find_spec("matplotlib") is not None
+
+
 def write_card(out_dir: Path, manifest: dict, tasks: dict | None = None, tokenizer: str | None = None, *,
-               plots: bool = True, stats: MixtureStats | None = None, cache_dir: Path | None = None) -> dict:
+               plots: bool = True, stats: MixtureStats | None = None, cache_dir: Path | None = None,
+               composition: Future | None = None) -> dict:
     """Write ``out_dir/README.md`` and its pictures for a build in ``out_dir``.
 
     Streams the split Parquet files listed in ``manifest["files"]`` once; ``tasks`` (name -> Task) adds
@@ -655,6 +665,7 @@ def write_card(out_dir: Path, manifest: dict, tasks: dict | None = None, tokeniz
     skips the pictures (and matplotlib). The PNGs are not part of ``mixture.json``'s ``files``.
     ``stats`` given (the build collects them while writing) means no pass over the data here.
     ``cache_dir``: pictures of the same numbers are copied from there instead of drawn (output/plots.py).
+    ``composition``: the composition picture is being drawn already (``plots.start_composition``).
     Returns the scan's summary numbers (rows, seconds) for logging.
     """
     import time
@@ -666,14 +677,10 @@ def write_card(out_dir: Path, manifest: dict, tasks: dict | None = None, tokeniz
     if stats is None:
         stats = scan(out_dir, manifest, tokenizer=tokenizer)
     images = {}
-    if plots:
-        from importlib.util import find_spec
-
-        plots = find_spec("matplotlib") is not None  # optional: without it the card has no pictures
-    if plots:
+    if plots and pictures_possible():  # matplotlib is optional: without it the card has no pictures
         from flanbuild.output.plots import write_plots
 
-        images = write_plots(out_dir, manifest, stats, cache_dir)
+        images = write_plots(out_dir, manifest, stats, cache_dir, composition)
     text = render_card(manifest, tasks=tasks, stats=stats, images=images)
     tmp = out_dir / "README.md.tmp"
     tmp.write_text(text, encoding="utf-8")
