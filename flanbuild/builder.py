@@ -726,7 +726,7 @@ def _eval_index(eval_jobs: list[RenderJob], data: dict[str, SplitData], paths: d
         normalised = engine.process_map(decontam.normalised_inputs, pieces, workers)
     else:
         normalised = [decontam.normalised_inputs(piece) for piece in pieces]
-    index = decontam.EvalIndex.from_normalised([c for chunks in normalised for c in chunks], texts, ngram)
+    index = decontam.EvalIndex.from_normalised(normalised, texts, ngram)
     if eval_key:
         cache.store_index(eval_key, index)
     return index

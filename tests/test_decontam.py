@@ -95,6 +95,11 @@ def test_the_index_is_sorted_as_python_sorts_its_inputs_and_their_reversals():
     index = EvalIndex.from_normalised([pa.array(texts)], (), 0)
     assert index.inputs.to_pylist() == sorted(set(texts))
     assert index.with_reversals().reversals.to_pylist() == sorted(t[::-1] for t in set(texts))
+    # as workers hand them over: each piece sorted by Arrow, the pieces sharing strings
+    runs = [pa.array(texts[a:a + 150]) for a in (0, 100, 250, 399)]
+    runs = [r.take(pc.sort_indices(r)) for r in runs]
+    merged = EvalIndex.from_normalised(runs, (), 0)
+    assert merged.inputs.to_pylist() == merged._sorted("prefix") == sorted(set(texts))
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,8 +144,12 @@ class EvalIndex:
 
     @classmethod
     def from_normalised(cls, chunks: Iterable[pa.Array], eval_texts: Iterable[str], n: int) -> "EvalIndex":
-        """From eval inputs already normalised (e.g. part by part in worker processes: normalised_inputs)."""
-        return cls.from_sorted(_sorted_distinct(list(chunks)), eval_texts, n)
+        """From eval inputs already normalised (e.g. part by part in worker processes: normalised_inputs).
+        Chunks that are each sorted merge fastest."""
+        distinct = _merged_distinct(list(chunks))
+        index = cls.from_sorted(pa.array(distinct, pa.string()), eval_texts, n)
+        index._lookups["prefix"] = distinct  # the check's binary searches need this very list
+        return index
 
     @classmethod
     def from_sorted(cls, inputs: pa.Array, eval_texts: Iterable[str], n: int,
@@ -264,8 +269,12 @@ def _normalised_affix(affix: str) -> str:
     return normalise(affix) if affix.isascii() else normalise_array(pa.array([affix], pa.string()))[0].as_py()
 
 
-def normalised_inputs(piece: tuple[Path, int, int]) -> list[pa.Array]:
-    """The normalised inputs of rows ``start``..``stop`` of a rendered eval part, batch by batch."""
+def normalised_inputs(piece: tuple[Path, int, int]) -> pa.Array:
+    """The distinct normalised inputs of rows ``start``..``stop`` of a rendered eval part, sorted.
+
+    Sorting here, piece by piece (in worker processes when there are several), leaves the index only a
+    merge of sorted runs to do: at paper scale (415k eval inputs), nine sorts of 46k rows and the merge
+    take 0.4 s against 0.75 s for one sort of all of them."""
     path, start, stop = piece
     chunks, at = [], start
     for batch in parts.batches(path, columns=["inputs"], start=start):
@@ -273,13 +282,6 @@ def normalised_inputs(piece: tuple[Path, int, int]) -> list[pa.Array]:
             break
         chunks.append(normalise_array(batch.column("inputs").slice(0, stop - at)))
         at += batch.num_rows
-    return chunks
-
-
-def _sorted_distinct(chunks: list[pa.Array]) -> pa.Array:
-    """The distinct strings of ``chunks``, sorted: one sort, then each string that differs from the one
-    before it (a hash-based unique first cost more than the sort; eval inputs are nearly all distinct).
-    Arrow compares strings by their UTF-8 bytes, which orders them by code point, as Python does."""
     values = pa.chunked_array(chunks, pa.string()).combine_chunks() if chunks else pa.array([], pa.string())
     ordered = values.take(pc.sort_indices(values))
     if len(ordered) < 2:
@@ -287,3 +289,13 @@ def _sorted_distinct(chunks: list[pa.Array]) -> pa.Array:
     new = np.ones(len(ordered), dtype=bool)
     new[1:] = pc.not_equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1)).to_numpy(zero_copy_only=False)
     return ordered.filter(pa.array(new))
+
+
+def _merged_distinct(chunks: list[pa.Array]) -> list[str]:
+    """The distinct strings of ``chunks``, sorted. Python's sort (Timsort) finds the sorted runs that
+    ``normalised_inputs`` returns and only merges them; Arrow's sort would compare as if nothing were
+    sorted. Arrow orders strings by their UTF-8 bytes, which is Python's code point order, so a run
+    Arrow sorted is a run here."""
+    values = pa.chunked_array(chunks, pa.string()).to_pylist()
+    values.sort()
+    return [v for v, _ in itertools.groupby(values)]
