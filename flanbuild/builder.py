@@ -646,6 +646,8 @@ def _decontaminate(jobs: list[RenderJob], data: dict[str, SplitData], paths: dic
                 results[job.task.name] = result
                 if keys:
                     cache.store_task(task_key, to_cache)
+    elif keys:
+        cache.index_used(eval_key)
     removed: dict[str, int] = {}
     for job in train_jobs:  # in task order, whatever order the outcomes came in
         if job.task.name in results:

@@ -22,7 +22,7 @@ LAYERS = {
     "sources": 3,
     "pipeline": 4,
     "output": 5,
-    "builder": 6, "lint": 6, "finetune": 6,
+    "builder": 6, "lint": 6, "finetune": 6, "cachedir": 6,
     "cli": 7, "__main__": 7, "__init__": 8,
 }
 

@@ -91,3 +91,28 @@ temperature = float_in(0.01, 1000.0, "a temperature")
 max_epochs = float_in(0.0, 1e6, "a number of epochs (0 = no limit)")
 workers = int_in(0, 1024, "a number of workers (0 = all cores)")
 ngram = int_in(0, 1000, "an n-gram length (0 = off)")
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+               "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _amount(value: str, units: dict[str, int], what: str, example: str) -> float:
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", value)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in units or len(value) > 24:
+        raise argparse.ArgumentTypeError(f"expected {what} such as {example}, got {value[:24]!r}")
+    return float(match.group(1)) * units[unit]
+
+
+def size(value: str) -> int:
+    """Bytes: ``500M``, ``20G``, ``1.5GiB`` (K, M, G, T are powers of 1000; KiB, MiB, GiB, TiB of 1024)."""
+    return int(_amount(value, _SIZE_UNITS, "a size", "500M, 20G or 1.5GiB"))
+
+
+def age(value: str) -> float:
+    """Seconds: ``90s``, ``30m``, ``12h``, ``30d``, ``2w`` (the unit is required: is ``30`` minutes or days?)."""
+    return _amount(value, _AGE_UNITS, "an age", "12h, 30d or 2w")

@@ -52,7 +52,7 @@ def _add_missing(parser: argparse.ArgumentParser, parent: argparse.ArgumentParse
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from flanbuild.cli import data_commands, output_commands
+    from flanbuild.cli import cache_commands, data_commands, output_commands
 
     common, data = _common_options()
     parser = _Parser(prog="flanbuild", description="Build FLAN-style instruction-tuning mixtures.")
@@ -60,6 +60,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     data_commands.add_parsers(sub, common, data)
     output_commands.add_parsers(sub, common)
+    cache_commands.add_parsers(sub, common)
     try:
         from flanbuild.finetune.cli import add_parsers
     except ImportError:  # pragma: no cover - the finetune package is part of flanbuild; defensive only

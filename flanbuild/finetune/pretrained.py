@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flanbuild.errors import FlanbuildError
+from flanbuild.pipeline import cachefile
+from flanbuild.sources.urls import default_cache_dir
 
 #: Marker written last into a converted folder; a folder without it is not used.
 DONE_FILE = "flanbuild_pretrained.json"
@@ -58,13 +60,11 @@ def is_pretrained(name: str) -> bool:
 
 
 def cache_root() -> Path:
-    """Where converted models live: ``$FLANBUILD_MODEL_CACHE``, else ``$FLANBUILD_CACHE/models``, else
-    ``~/.cache/flanbuild/models``."""
+    """Where converted models live: ``$FLANBUILD_MODEL_CACHE``, else ``models`` in the cache directory
+    (``$FLANBUILD_CACHE``, else ``$XDG_CACHE_HOME/flanbuild`` or ``~/.cache/flanbuild``)."""
     if os.environ.get("FLANBUILD_MODEL_CACHE"):
         return Path(os.environ["FLANBUILD_MODEL_CACHE"]).expanduser()
-    base = os.environ.get("FLANBUILD_CACHE")
-    root = Path(base).expanduser() if base else Path.home() / ".cache" / "flanbuild"
-    return root / "models"
+    return default_cache_dir().expanduser() / "models"
 
 
 def model_dir(name: str) -> Path:
@@ -95,6 +95,7 @@ def ensure_pretrained(name: str, log=None) -> Path:
         raise FlanbuildError(f"unknown pretrained model {name!r} (known: {', '.join(PRETRAINED)})")
     target = model_dir(name)
     if is_converted(name):
+        cachefile.touch(target / DONE_FILE)  # used now: flanbuild cache prune removes the least recently used
         return target
     src = gguf_file(name)
     if importlib.util.find_spec("gguf") is None:

@@ -272,6 +272,7 @@ def _cached(path: Path, key: str, cache_dir: Path | None, draw: Callable[[Path],
     kept = Path(cache_dir) / "plots" / key[:2] / f"{key}.png"
     if kept.is_file():
         shutil.copyfile(kept, path)
+        cachefile.touch(kept)
         return
     draw(path)
     cachefile.write(kept, Path(path).read_bytes())

@@ -66,6 +66,7 @@ class FileCache:
         except (OSError, ValueError, KeyError, TypeError):
             return None  # no entry, or a damaged one: the file is written
         cachefile.link_or_copy(src, stage / rel)
+        cachefile.touch(self._path(key))
         return record, collector
 
     def store(self, key: str, record: writer.DataFile, collector: StatsCollector) -> None:

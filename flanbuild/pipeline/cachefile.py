@@ -29,6 +29,15 @@ def _atomic(path: Path, put: Callable[[Path], object]) -> bool:
         return False
 
 
+def touch(path: Path) -> None:
+    """Mark a cache entry used now (its modification time): ``flanbuild cache prune`` removes the least
+    recently used entries first, and access times are often not kept."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
 def link_or_copy(src: Path, dst: Path) -> None:
     """Put a kept file (a cache entry, a previous output's file) at ``dst``: a hard link, else a copy.
     Kept files are replaced, never rewritten in place, so sharing the inode is safe."""

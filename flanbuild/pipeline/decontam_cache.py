@@ -83,6 +83,7 @@ class DecontamCache:
             return None
         if not isinstance(doc, dict) or doc.get("key") != key or not isinstance(doc.get("parts"), list):
             return None
+        cachefile.touch(path)
         return doc["parts"]
 
     def store_task(self, key: str, parts: list[dict]) -> None:
@@ -104,9 +105,17 @@ class DecontamCache:
                 table = reader.read_all().combine_chunks()
         except Exception:  # noqa: BLE001 - a damaged entry is a miss
             return None
+        cachefile.touch(path)
         empty = pa.array([], pa.string())
         column = lambda name: table.column(name).chunk(0) if table.num_rows else empty  # noqa: E731
         return EvalIndex.from_sorted(column("inputs"), eval_texts, ngram, column("reversals"))
+
+    def index_used(self, key: str) -> None:
+        """Every task's outcome came from the cache: the index was not read, but it is what a rebuild
+        after one template changed will check that task against, so it counts as used."""
+        path = self._path(key, ".index.arrow")
+        if path is not None:
+            cachefile.touch(path)
 
     def store_index(self, key: str, index: EvalIndex) -> None:
         """Store the index's inputs and reversals (Arrow IPC, LZ4: a rebuild reads them in a tenth of the

@@ -140,6 +140,7 @@ def from_cache(shard: Shard) -> ShardResult | None:
                 pass
         return None
     cachefile.link_or_copy(cached, shard.path)
+    cachefile.touch(meta)
     return ShardResult(shard.number, shard.path, stats, True)
 
 

@@ -202,6 +202,7 @@ def _read_filter_cache(path, num_rows: int) -> np.ndarray | None:
     if ok:
         result = np.frombuffer(body, dtype="<i8").astype(np.int64)
         if len(result) == 0 or (result[0] >= 0 and result[-1] < num_rows and bool(np.all(np.diff(result) > 0))):
+            cachefile.touch(path)
             return result
     try:
         path.unlink()

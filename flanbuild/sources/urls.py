@@ -116,6 +116,7 @@ class RemoteMirror:
         meta = local.with_name(local.name + ".remote.json")
         try:
             if local.is_file() and json.loads(meta.read_text()) == stamp and local.stat().st_size == stamp["size"]:
+                os.utime(meta)  # used now: flanbuild cache prune removes the least recently used first
                 return local
         except (OSError, ValueError):
             pass
