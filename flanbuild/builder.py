@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flanbuild import cachedir
 from flanbuild.pipeline import decontam
 from flanbuild.pipeline import decontam_cache
 from flanbuild.pipeline import engine
@@ -67,6 +68,7 @@ class BuildConfig:
     scheduler: str | None = None  # Dask scheduler address (default: a local cluster)
     cache_dir: Path | None = None  # rendered-shard cache (default: $FLANBUILD_CACHE or ~/.cache/flanbuild)
     use_cache: bool = True
+    cache_max_size: int | None = None  # bytes: after the build, least recently used cache entries go beyond it
     shard_rows: int = 250_000
     plots: bool = True  # the card's PNG pictures (matplotlib); off for speed, the Parquet bytes are the same
     command: str = ""  # the command line, recorded in the card
@@ -175,7 +177,21 @@ def build(config: BuildConfig, registry: Registry | None = None, progress: Progr
                    f"{time.perf_counter() - started:.1f}s")
         return BuildResult(out, ready, 0, 0)
     plan = Plan(selection, jobs, shares, held, removed, shard_keys, key)
-    return _make(config, registry, out, plan, cache_dir, log, started)
+    result = _make(config, registry, out, plan, cache_dir, log, started)
+    if cache_dir is not None and config.cache_max_size is not None:
+        _limit_cache(cache_dir, config.cache_max_size, log)
+    return result
+
+
+def _limit_cache(cache_dir: Path, max_size: int, log: Progress) -> None:
+    """Prune the cache to ``max_size`` bytes, least recently used first: this build's entries were just
+    used, so they go last (cachedir.py)."""
+    inventory = cachedir.scan(cache_dir)
+    chosen = cachedir.to_prune(inventory, max_size=max_size)
+    if chosen:
+        freed = cachedir.remove(inventory, chosen)
+        log(f"cache over its limit of {max_size:,} bytes: removed {len(chosen)} least recently used entries "
+            f"({freed:,} bytes)")
 
 
 def _build_to_url(config: BuildConfig, registry: Registry | None, progress: Progress | None) -> BuildResult:

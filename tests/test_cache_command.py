@@ -143,3 +143,22 @@ def test_sizes_and_ages():
     assert argtypes.size("500M") == 500 * 10**6 and argtypes.size("1.5GiB") == int(1.5 * 2**30)
     assert argtypes.size("0") == 0 and argtypes.size("20 gb") == 20 * 10**9
     assert argtypes.age("12h") == 12 * 3600 and argtypes.age("2w") == 14 * DAY
+
+
+def test_a_build_with_a_cache_limit_keeps_what_it_used_and_drops_the_rest(toy_registry, tmp_path):
+    cache, first = _built_cache(toy_registry, tmp_path)
+    _age(cache.rglob("*.*"), days=2)
+    started = time.time() - DAY
+    second = toy_build(toy_registry, tmp_path / "out2", cache_dir=cache, plots=True, seed=7)
+    used = {e.paths[0]: e.size for e in cachedir.scan(cache).entries if e.used >= started}
+    assert second.manifest["fingerprint"] != first.manifest["fingerprint"] and len(used) < len(cachedir.scan(cache).entries)
+    _age(cache.rglob("*.*"), days=1)
+    toy_build(toy_registry, tmp_path / "out3", cache_dir=cache, plots=True, seed=7, cache_max_size=sum(used.values()))
+    assert {e.paths[0] for e in cachedir.scan(cache).entries} == set(used)  # what the build used, and only that
+
+
+def test_the_cache_limit_from_the_environment(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FLANBUILD_CACHE_MAX_SIZE", "lots")
+    assert main(["build", "--out", str(tmp_path / "o"), "--tasks", "glue_wnli"]) == 2
+    assert "FLANBUILD_CACHE_MAX_SIZE: expected a size such as 500M" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

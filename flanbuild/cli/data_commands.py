@@ -30,6 +30,17 @@ def _data_dirs(args) -> list:
     return dirs
 
 
+def _env_size(name: str) -> int | None:
+    """A size from the environment (``50G``); a bad one is an error naming the variable."""
+    import argparse
+
+    value = os.environ.get(name, "").strip()
+    try:
+        return argtypes.size(value) if value else None
+    except argparse.ArgumentTypeError as e:
+        raise FlanbuildError(f"{name}: {e}") from None
+
+
 def _registry(args):
     from flanbuild.builder import load_registry
 
@@ -170,6 +181,7 @@ def cmd_build(args) -> int:
         shard_rows=args.shard_rows, command="flanbuild " + shlex.join(args.argv),
         clusters=args.clusters, workers=args.workers, engine=args.engine, scheduler=args.scheduler,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None, use_cache=not args.no_cache, plots=not args.no_plots,
+        cache_max_size=args.cache_max_size if args.cache_max_size is not None else _env_size("FLANBUILD_CACHE_MAX_SIZE"),
     )
     from flanbuild.pipeline.progress import Progress
 
@@ -252,6 +264,9 @@ def add_parsers(sub, common, data) -> None:
     p.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address (default: a local cluster)")
     p.add_argument("--cache-dir", metavar="DIR", help="render cache (default: $FLANBUILD_CACHE or ~/.cache/flanbuild)")
     p.add_argument("--no-cache", action="store_true", help="render everything; do not read or write the cache")
+    p.add_argument("--cache-max-size", type=argtypes.size, metavar="SIZE",
+                   help="after the build, remove the least recently used cache entries beyond SIZE, e.g. 50G "
+                        "(default: $FLANBUILD_CACHE_MAX_SIZE, else no limit)")
     p.add_argument("--no-plots", action="store_true", help="no pictures in the card (nor matplotlib): quicker rebuilds "
                                                           "while editing templates; the data files are the same")
     p.add_argument("--format", choices=["flan", "chat", "prompt-completion", "alpaca"], default="flan",
