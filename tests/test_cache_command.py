@@ -162,3 +162,5 @@ def test_the_cache_limit_from_the_environment(tmp_path, monkeypatch, capsys):
     assert main(["build", "--out", str(tmp_path / "o"), "--tasks", "glue_wnli"]) == 2
     assert "FLANBUILD_CACHE_MAX_SIZE: expected a size such as 500M" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    assert main(["build", "--out", str(tmp_path / "o"), "--no-cache", "--cache-max-size", "1G"]) == 2
+    assert "--no-cache does not use" in capsys.readouterr().err

@@ -157,6 +157,8 @@ def cmd_build(args) -> int:
         os.environ["HF_HUB_OFFLINE"] = "1"
     if urls.is_url(args.out) and (args.format != "flan" or args.jsonl):
         raise FlanbuildError("--format/--jsonl exports need a local --out (export after copying the output down)")
+    if args.no_cache and args.cache_max_size is not None:
+        raise FlanbuildError("--cache-max-size limits the cache, which --no-cache does not use: give one of them")
     if args.train_size is not None and args.max_epochs == 0:
         raise FlanbuildError("--max-epochs 0 (no limit) with --train-size could repeat a small task without bound; "
                              "give a finite --max-epochs > 0")
