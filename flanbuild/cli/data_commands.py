@@ -145,6 +145,17 @@ def cmd_lint(args) -> int:
     return 1 if problems else 0
 
 
+def _check_build_options(args, out_is_url: bool) -> None:
+    """Options that contradict each other: an error before anything is read."""
+    if out_is_url and (args.format != "flan" or args.jsonl):
+        raise FlanbuildError("--format/--jsonl exports need a local --out (export after copying the output down)")
+    if args.no_cache and args.cache_max_size is not None:
+        raise FlanbuildError("--cache-max-size limits the cache, which --no-cache does not use: give one of them")
+    if args.train_size is not None and args.max_epochs == 0:
+        raise FlanbuildError("--max-epochs 0 (no limit) with --train-size could repeat a small task without bound; "
+                             "give a finite --max-epochs > 0")
+
+
 def cmd_build(args) -> int:
     from dataclasses import replace
 
@@ -155,13 +166,7 @@ def cmd_build(args) -> int:
 
     if args.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
-    if urls.is_url(args.out) and (args.format != "flan" or args.jsonl):
-        raise FlanbuildError("--format/--jsonl exports need a local --out (export after copying the output down)")
-    if args.no_cache and args.cache_max_size is not None:
-        raise FlanbuildError("--cache-max-size limits the cache, which --no-cache does not use: give one of them")
-    if args.train_size is not None and args.max_epochs == 0:
-        raise FlanbuildError("--max-epochs 0 (no limit) with --train-size could repeat a small task without bound; "
-                             "give a finite --max-epochs > 0")
+    _check_build_options(args, urls.is_url(args.out))
     recipe = load_recipe(args.mixture)
     if args.tokenizer:
         recipe = replace(recipe, prompt=replace(recipe.prompt, tokenizer=args.tokenizer))
