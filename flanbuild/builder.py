@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -229,7 +230,7 @@ def _make(config: BuildConfig, registry: Registry, out: Path, plan: Plan, cache_
     """Stages 3-7 in a staging directory beside OUT: render, decontaminate, write, describe, publish."""
     selection, jobs = plan.selection, plan.jobs
     stage = writer.staging_dir(out)
-    composition = None
+    composition = []  # the future of the composition picture's thread, once started (_start_composition)
     try:
         parts_dir = stage / ".parts"
         parts_dir.mkdir()
@@ -240,8 +241,9 @@ def _make(config: BuildConfig, registry: Registry, out: Path, plan: Plan, cache_
                                                  log, plan.shard_keys, cache_dir,
                                                  _local_workers(config, sum(s.rows for s in stats.values())))
         part_keys = {p: k for name, ps in paths.items() for p, k in zip(ps, plan.shard_keys.get(name, ()))}
-        composition = _start_composition(stage, jobs, stats, config, cache_dir)
-        files, collector = _write_splits(stage, out, jobs, paths, dropped, stats, config, part_keys, cache_dir, log)
+        files, collector = _write_splits(stage, out, jobs, paths, dropped, stats, config, part_keys, cache_dir, log,
+                                         meanwhile=lambda: _start_composition(stage, jobs, stats, config, cache_dir,
+                                                                              composition))
         shutil.rmtree(parts_dir)
         manifest = _describe(config, selection, jobs, stats, plan.shares, decontaminated, files, plan.held,
                              plan.removed)
@@ -249,11 +251,11 @@ def _make(config: BuildConfig, registry: Registry, out: Path, plan: Plan, cache_
         write_manifest(stage, manifest)
         log.stage("writing the dataset card", detail="plots off" if not config.plots else "")
         write_card(stage, manifest, registry.tasks, plots=config.plots, stats=collector.finish(manifest),
-                   cache_dir=cache_dir, composition=composition)
+                   cache_dir=cache_dir, composition=composition[0] if composition else None)
         writer.publish(stage, out)
     except BaseException:
-        if composition is not None:
-            composition.exception()  # the drawing thread is done with the staging directory
+        for drawing in composition:
+            drawing.exception()  # the drawing thread is done with the staging directory
         shutil.rmtree(stage, ignore_errors=True)
         raise
     log.finish(f"wrote {out}: train {manifest['counts']['train']} rows, eval {manifest['counts']['eval']} rows, "
@@ -492,12 +494,13 @@ def _plan(config: BuildConfig, registry: Registry, sel: Selection) -> tuple[list
 
 def _write_splits(stage: Path, out: Path, jobs: list[RenderJob], paths: dict[str, list[Path]],
                   dropped: dict[str, tuple[np.ndarray, ...]], stats: dict[str, RenderStats], config: BuildConfig,
-                  part_keys: dict[Path, str], cache_dir: Path | None,
-                  log: Progress) -> tuple[list[writer.DataFile], StatsCollector]:
+                  part_keys: dict[Path, str], cache_dir: Path | None, log: Progress,
+                  meanwhile: Callable[[], object] = lambda: None) -> tuple[list[writer.DataFile], StatsCollector]:
     """Stage 5: the rendered parts, less the dropped rows, assembled into the train (interleaved) and eval
     split files, one process per file when there are several files and workers. A file whose plan the
     cache knows is taken from the previous output instead (output/reuse.py). The card's statistics are
-    collected per file on the way and merged in file order."""
+    collected per file on the way and merged in file order. ``meanwhile`` is called when worker processes
+    start writing: this process is free then."""
     by_role = {role: [writer.Part(j.task.name, tuple(paths[j.task.name]), stats[j.task.name].rows,
                                   dropped.get(j.task.name, ())) for j in jobs if j.role == role] for role in writer.SPLITS}
     writes = [w for role in writer.SPLITS
@@ -512,7 +515,7 @@ def _write_splits(stage: Path, out: Path, jobs: list[RenderJob], paths: dict[str
     for result in filter(None, results):
         log.stage_advance(result[0].rows)
     todo = [i for i, r in enumerate(results) if r is None]
-    for i, result in zip(todo, _write_files(stage, [writes[i] for i in todo], config, log)):
+    for i, result in zip(todo, _write_files(stage, [writes[i] for i in todo], config, log, meanwhile)):
         results[i] = result
         if keys[i]:
             files.store(keys[i], *result)
@@ -523,25 +526,25 @@ def _write_splits(stage: Path, out: Path, jobs: list[RenderJob], paths: dict[str
 
 
 def _start_composition(stage: Path, jobs: list[RenderJob], stats: dict[str, RenderStats], config: BuildConfig,
-                       cache_dir: Path | None):
-    """When workers write the splits, the card's composition picture is drawn meanwhile, in a thread here
-    (it needs only the train tasks' rows); else later, with the rest of the card."""
-    rows = sum(s.rows for s in stats.values())
-    if not config.plots or _local_workers(config, rows) < 2 or not pictures_possible():
-        return None
-    tasks = {j.task.name: {"role": j.role, "rows": stats[j.task.name].rows, "cluster": j.task.cluster,
-                           "submixture": j.task_source} for j in jobs}  # what the manifest will say of them
-    return card_plots.start_composition(stage, {"tasks": tasks}, cache_dir)
+                       cache_dir: Path | None, started: list) -> None:
+    """While worker processes write the splits, the card's composition picture is drawn in a thread here
+    (it needs only the train tasks' rows); else later, with the rest of the card (beside this process
+    writing, the thread would only contend for the GIL). Its future goes into ``started``."""
+    if config.plots and pictures_possible():
+        tasks = {j.task.name: {"role": j.role, "rows": stats[j.task.name].rows, "cluster": j.task.cluster,
+                               "submixture": j.task_source} for j in jobs}  # what the manifest will say of them
+        started.append(card_plots.start_composition(stage, {"tasks": tasks}, cache_dir))
 
 
-def _write_files(stage: Path, writes: list[writer.ShardWrite], config: BuildConfig,
-                 log: Progress) -> list[tuple[writer.DataFile, StatsCollector]]:
+def _write_files(stage: Path, writes: list[writer.ShardWrite], config: BuildConfig, log: Progress,
+                 meanwhile: Callable[[], object]) -> list[tuple[writer.DataFile, StatsCollector]]:
     """Write these files here, or one process per file when there are several files and workers."""
     seed, tokenizer = config.seed, config.recipe.prompt.tokenizer
     rows = sum(w.stop - w.start for w in writes)
     workers = _local_workers(config, rows)
     if not engine.use_pool(workers, len(writes), rows):
         return [_write_file(stage, seed, tokenizer, w, log.stage_advance) for w in writes]
+    meanwhile()
     job = functools.partial(_write_file, stage, seed, tokenizer)
     return engine.process_map(job, writes, workers, on_done=lambda r: log.stage_advance(r[0].rows))
 

@@ -100,13 +100,14 @@ def test_a_failed_write_leaves_nothing_while_the_composition_is_drawn(toy_regist
         finish.wait(10)
         return real_draw(path, manifest)
 
-    def failing_write(*_a, **_k):
+    def failing_write(stage, writes, config, log, meanwhile):  # workers start writing, and one fails
+        meanwhile()
         assert drawing.wait(10)
         threading.Timer(0.2, finish.set).start()  # the picture is still being drawn when the build fails
         raise FlanbuildError("disk full")
 
     monkeypatch.setattr(plots, "composition_png", slow_draw)
-    monkeypatch.setattr(builder, "_write_splits", failing_write)
+    monkeypatch.setattr(builder, "_write_files", failing_write)
     with pytest.raises(FlanbuildError, match="disk full"):
         _build(toy_registry, tmp_path / "out", workers=2, use_cache=False, plots=True)
     assert finish.is_set() and sorted(p.name for p in tmp_path.iterdir()) == ["toy"]  # the catalog only
