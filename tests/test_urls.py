@@ -125,3 +125,23 @@ def test_sources_lists_a_url_mirror_without_copying_it(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"mirror:file://{mirror}/nyu-mll/glue/wnli" in proc.stdout
     assert not (tmp_path / "c").exists()
+
+
+def test_a_reused_mirror_copy_counts_as_used_by_the_cache(tmp_path):
+    """flanbuild cache prune removes the least recently used entries: reading a local copy again is a use."""
+    import os
+    import time
+
+    from flanbuild import cachedir
+
+    mirror = _to_memory(SAMPLE)
+    build(_config(tmp_path / "a", mirror, tmp_path))
+    copies = [e for e in cachedir.scan(tmp_path / "cache").entries if e.kind == "mirrors"]
+    assert copies
+    for entry in copies:
+        for path in entry.paths:
+            os.utime(path, (time.time() - 86400,) * 2)
+    build(_config(tmp_path / "b", mirror, tmp_path))
+    again = [e for e in cachedir.scan(tmp_path / "cache").entries if e.kind == "mirrors"]
+    assert [e.paths for e in again] == [e.paths for e in copies]
+    assert all(time.time() - e.used < 3600 for e in again)
