@@ -23,14 +23,14 @@ from pathlib import Path
 
 from flanbuild.errors import FlanbuildError
 
-KINDS = {  # kind -> (folder, what its entries are); render parts sit in two-hex-digit folders at the top
-    "render": ("", "rendered shards: a part and its record each"),
-    "filters": ("filters", "rows each card filter keeps, per source split"),
-    "decontam": ("decontam", "decontamination outcomes per task, and eval indexes"),
-    "files": ("files", "split-file records: size, SHA-256, statistics for the card"),
-    "plots": ("plots", "the card's pictures"),
-    "mirrors": ("mirrors", "local copies of files from remote mirrors (--data-dir s3://...)"),
-    "models": ("models", "pretrained models converted for transformers (flanbuild finetune)"),
+KINDS = {  # kind -> its folder (render parts sit in two-hex-digit folders at the top)
+    "render": "",  # rendered shards: a part and its record each
+    "filters": "filters",  # the rows each card filter keeps, per source split
+    "decontam": "decontam",  # decontamination outcomes per task, and eval indexes
+    "files": "files",  # split-file records: size, SHA-256, statistics for the card
+    "plots": "plots",  # the card's pictures
+    "mirrors": "mirrors",  # local copies of files from remote mirrors (--data-dir s3://...)
+    "models": "models",  # pretrained models converted for transformers (flanbuild finetune)
 }
 ABANDONED_AFTER = 3600.0  # seconds: a temporary file this old is no write in progress, but a killed one's
 _RENDER_FOLDER = re.compile(r"[0-9a-f]{2}")
@@ -71,24 +71,24 @@ def scan(root: Path, now: float | None = None) -> Inventory:
     if not root.is_dir():
         return inventory
     now = time.time() if now is None else now
-    folders = {folder: kind for kind, (folder, _) in KINDS.items() if folder}
+    folders = {folder: kind for kind, folder in KINDS.items() if folder}
     for child in sorted(root.iterdir()):
         if child.is_dir() and not child.is_symlink() and child.name in folders:
             kind = folders[child.name]
             for group in (_model_folders(child) if kind == "models" else _file_groups(child)):
-                _sort(inventory, kind, group, now)
+                _add(inventory, kind, group, now)
         elif child.is_dir() and not child.is_symlink() and _RENDER_FOLDER.fullmatch(child.name):
             ours = {p for p in child.iterdir() if p.is_file() and not p.is_symlink()
                     and (_RENDER_FILE.fullmatch(p.name) or _is_temporary(p))}
             inventory.others.extend(sorted(set(child.iterdir()) - ours))
             for group in _groups(ours):
-                _sort(inventory, "render", group, now)
+                _add(inventory, "render", group, now)
         else:
             inventory.others.append(child)
     return inventory
 
 
-def _sort(inventory: Inventory, kind: str, group: list[Path], now: float) -> None:
+def _add(inventory: Inventory, kind: str, group: list[Path], now: float) -> None:
     """File a group of paths as an entry, or as a leftover when it is an abandoned temporary file."""
     entry = _entry(kind, group)
     if _is_temporary(group[0]):
@@ -145,11 +145,12 @@ def to_prune(inventory: Inventory, *, max_size: int | None = None, older_than: f
     (entries of other kinds still count towards ``max_size``)."""
     now = time.time() if now is None else now
     candidates = sorted((e for e in inventory.entries if not kinds or e.kind in kinds), key=lambda e: (e.used, e.paths))
-    unused = older_than is not None
-    chosen = [e for e in candidates if unused and now - e.used > older_than]
+    chosen, kept = [], []
+    for entry in candidates:
+        (chosen if older_than is not None and now - entry.used > older_than else kept).append(entry)
     if max_size is not None:
         size = sum(e.size for e in inventory.entries) - sum(e.size for e in chosen)
-        for entry in (e for e in candidates if not (unused and now - e.used > older_than)):
+        for entry in kept:
             if size <= max_size:
                 break
             chosen.append(entry)
